@@ -1,0 +1,71 @@
+"""`prunebench`: a thin @hydra.main entry. torch is imported lazily, inside the task."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from importlib import resources
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger("prunebench")
+GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")
+
+
+def available(group: str) -> list[str]:
+    folder = resources.files("prunebench.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_choices(args: list[str]) -> str | None:
+    """One-line message for an unknown group option (`strategy=nope`), else None.
+
+    Skipped when the user adds their own config folders, which may define more options.
+    """
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp"))
+           for a in args):
+        return None
+    for arg in args:
+        match = re.fullmatch(r"(\w+)=([\w,]+)", arg)
+        if match and match.group(1) in GROUPS:
+            group, values = match.groups()
+            options = available(group)
+            for value in values.split(","):
+                if value not in options:
+                    return (f"unknown {group} '{value}': choose {group}= one of "
+                            f"{', '.join(options)}")
+    return None
+
+
+def main() -> None:
+    message = check_choices(sys.argv[1:])
+    if message:
+        sys.exit(f"prunebench: error: {message}")
+    task()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://prunebench.conf", config_name="config")
+def task(cfg: DictConfig) -> float | None:
+    from prunebench import runner  # torch loads here, after Hydra has parsed the command line
+    from prunebench.results import table
+    from prunebench.schema import ConfigError
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        results = runner.run(cfg, hydra_cfg.runtime.output_dir)
+    except ConfigError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; its table marks the row
+            log.error("config error: %s", err)
+            return None
+        sys.exit(f"prunebench: error: {err}")
+    if hydra_cfg.mode == RunMode.RUN:  # in a sweep, the comparison table comes at the end
+        table.show_run(results)
+    return results.get("final", {}).get("accuracy")
+
+
+if __name__ == "__main__":
+    main()

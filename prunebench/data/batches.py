@@ -1,0 +1,85 @@
+"""The in-memory dataset container and its batch iterator.
+
+Whole splits are held as tensors (uint8 images where the source is 8-bit); a batch is one
+index_select plus a per-channel affine normalization, so an epoch costs a handful of tensor ops
+per batch instead of a Python call per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Split:
+    x: Tensor  # [N, C, H, W], uint8 (scale 255) or float (scale 1)
+    y: Tensor  # [N], int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    val: Split | None
+    input_shape: tuple[int, ...]  # (C, H, W)
+    num_classes: int
+    mean: Tensor  # per channel, in [0, 1] units
+    std: Tensor
+    scale: float = 255.0  # raw value of 1.0 (255 for uint8 images)
+    # optional whole-batch augmentation applied to normalized training batches
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = field(default=None)
+
+    def to(self, device: torch.device) -> Dataset:
+        val = self.val.to(device) if self.val is not None else None
+        return Dataset(self.name, self.train.to(device), self.test.to(device), val,
+                       self.input_shape, self.num_classes, self.mean.to(device),
+                       self.std.to(device), self.scale, self.augment)
+
+
+def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = False,
+            generator: torch.Generator | None = None, train: bool = False
+            ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield normalized (x, y) batches; `train=True` applies the dataset's augmentation."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator).to(split.x.device) if shuffle else None
+    shape = (1, -1) + (1,) * (split.x.dim() - 2)
+    offset = (data.mean * data.scale).view(shape)
+    inv = (1.0 / (data.std * data.scale)).view(shape)
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            xb, yb = split.x.index_select(0, idx), split.y.index_select(0, idx)
+        xb = (xb.float() - offset) * inv
+        if train and data.augment is not None:
+            xb = data.augment(xb, generator)
+        yield xb, yb
+
+
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """Split a seeded random `fraction` of the training set off as validation."""
+    if fraction <= 0:
+        return train, None
+    n_val = max(1, round(len(train) * fraction))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return (Split(train.x[train_idx], train.y[train_idx]),
+            Split(train.x[val_idx], train.y[val_idx]))
+
+
+def channel_stats(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of [N, C, ...] data, in [0, 1] units."""
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double() / scale
+    return flat.mean(1).float(), flat.std(1).clamp_min(1e-6).float()

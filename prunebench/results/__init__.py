@@ -1,0 +1,1 @@
+"""results.json rows, comparison tables (md/csv), the report CLI and the sweep callback."""

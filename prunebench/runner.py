@@ -1,0 +1,91 @@
+"""The pipeline, and nothing else: each stage is one call into a module.
+
+    train dense (or load it from the cache) -> schedule(prune, fine-tune) -> evaluate -> record
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prunebench import build, cache, io, schema
+from prunebench.schedules.base import Session, fit_settings
+from prunebench.train import Diverged, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run one experiment into `out_dir`; results.json is written whatever happens."""
+    out_dir = Path(out_dir)
+    results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
+    try:
+        schema.check(cfg)
+        results |= pipeline(cfg, out_dir)
+        results["status"] = "ok"
+    except Diverged as err:
+        results |= {"status": "diverged", "error": str(err),
+                    "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step}}
+        log.error("%s", err)
+    except Exception as err:
+        results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise
+    finally:
+        io.write_json(out_dir / "results.json", results)
+    return results
+
+
+def pipeline(cfg: DictConfig, out_dir: Path) -> dict:
+    start = time.perf_counter()
+    device = build.device(cfg.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build.dataset(cfg).to(device)
+    torch.manual_seed(cfg.seed)
+    model = build.model(cfg, data).to(device)
+    strategy, schedule = build.strategy(cfg), build.schedule(cfg)
+
+    train_start = time.perf_counter()
+    dense, cache_hit = dense_weights(cfg, model, data, device)
+    model.load_state_dict(dense["state_dict"])
+    train_s = time.perf_counter() - train_start
+
+    session = Session(cfg, model, data, strategy, out_dir)
+    session.record("dense")
+    schedule.run(session)
+    session.record("final")
+    return {
+        **session.phases,
+        "timing": {"train_s": train_s, **session.timing,
+                   "total_s": time.perf_counter() - start},
+        "events": session.events,
+        "history": {"train": dense["history"], **session.history},
+        "cache": {"hit": cache_hit, "dense_train_s": dense["train_s"]},
+    }
+
+
+def dense_weights(cfg: DictConfig, model, data, device) -> tuple[dict, bool]:
+    """Train the dense model, or load it from the cache; returns (entry, cache hit)."""
+
+    def train() -> dict:
+        start = time.perf_counter()
+        optimizer = build.optimizer(cfg, model)
+        scheduler = build.lr_scheduler(cfg, optimizer, cfg.train.epochs)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        history = fit(model, data, optimizer, scheduler, fit_settings(cfg, cfg.train.epochs),
+                      generator, "train")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        log.info("dense: test accuracy %.4f", evaluate(model, data, data.test)["accuracy"])
+        return {"state_dict": state, "history": history,
+                "train_s": time.perf_counter() - start}
+
+    if cfg.train.epochs == 0 or not cfg.cache.enabled:
+        return train(), False
+    entry, hit = cache.load_or_train(cfg.cache.dir, cache.key(cfg, device), train)
+    if hit:
+        log.info("dense model loaded from cache %s", cfg.cache.dir)
+    return entry, hit

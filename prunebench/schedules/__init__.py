@@ -1,0 +1,1 @@
+"""When masks change: each schedule drives a Session (prune, fine-tune, record)."""

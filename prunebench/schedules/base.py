@@ -1,0 +1,109 @@
+"""The Session a schedule drives: prune to a target, fine-tune with masks held, record.
+
+A schedule decides *when* masks change and calls `session.prune(amount)` and
+`session.finetune(epochs, on_step=...)`; the strategy decides *which* weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from prunebench import build, io
+from prunebench.data import Dataset, batches
+from prunebench.masks import Masks, sparsity_report
+from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.train import FitSettings, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, cfg: DictConfig, model: nn.Module, data: Dataset, strategy: Strategy,
+                 out_dir: Path, first_step: int = 0):
+        self.cfg, self.model, self.data, self.strategy = cfg, model, data, strategy
+        self.out_dir = out_dir
+        self.masks = Masks(model)
+        self.step = first_step
+        self.events: list[dict] = []
+        self.phases: dict[str, dict] = {}
+        self.history: dict[str, list] = {}
+        self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def context(self) -> PruneContext:
+        def train_batches():
+            return batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
+                           generator=self.generator)
+        return PruneContext(train_batches, F.cross_entropy, self.data.train.x.device,
+                            self.generator)
+
+    def prune(self, amount: float | None) -> None:
+        """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
+        start = time.perf_counter()
+        new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
+                                  self.context(), amount)
+        pruned, recovered = self.masks.update(new)
+        self.masks.apply()
+        if self.optimizer is not None:
+            self.masks.clear_optimizer_state(self.optimizer)
+        self.timing["prune_s"] += time.perf_counter() - start
+        sparsity = sparsity_report(self.model)["sparsity"]
+        self.events.append({"step": self.step, "sparsity": sparsity, "pruned": pruned,
+                            "recovered": recovered})
+        log.info("pruned at step %d: sparsity %.4f (+%d pruned, %d recovered)", self.step,
+                 sparsity, pruned, recovered)
+
+    def finetune(self, epochs: int, on_step: Callable[[int], None] | None = None,
+                 phase: str = "finetune") -> None:
+        """Train the pruned model for `epochs` with masks held (lr scaled by lr_scale)."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        self.optimizer = build.optimizer(cfg, self.model, cfg.finetune.lr_scale)
+        scheduler = build.lr_scheduler(cfg, self.optimizer, epochs)
+        settings = fit_settings(cfg, epochs)
+
+        def step_hook(step: int) -> None:
+            self.step = step
+            if on_step is not None:
+                on_step(step)
+
+        history = fit(self.model, self.data, self.optimizer, scheduler, settings,
+                      self.generator, phase, self.masks, step_hook, first_step=self.step)
+        self.history.setdefault(phase, []).extend(history)
+        self.timing["finetune_s"] += time.perf_counter() - start
+
+    def record(self, phase: str) -> dict:
+        """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
+        metrics = evaluate(self.model, self.data, self.data.test) | sparsity_report(self.model)
+        self.phases[phase] = metrics
+        save_checkpoint(self.model, self.out_dir, phase)
+        return metrics
+
+
+class Schedule:
+    def __init__(self, name: str):
+        self.name = name
+
+    def run(self, session: Session) -> None:
+        raise NotImplementedError
+
+
+def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
+    return FitSettings(epochs=epochs, batch_size=cfg.train.batch_size,
+                       max_norm=cfg.train.grad_clip.max_norm,
+                       max_value=cfg.train.grad_clip.max_value,
+                       l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2)
+
+
+def save_checkpoint(model: nn.Module, out_dir: Path, phase: str) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    io.save_torch(out_dir / "checkpoints" / f"{phase}.pt", state)

@@ -1,0 +1,72 @@
+"""Value checks run before any work; each failure names the key and what it allows."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from prunebench.strategies.base import GRANULARITIES, SCOPES
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LR_SCHEDULES = ("none", "cosine", "step")
+
+
+class ConfigError(ValueError):
+    """A bad value a user typed; the message is one line naming the key."""
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _number(cfg, key, *, low=None, high=None, low_open=False, high_open=False,
+            integer=False, optional=False, allowed=""):
+    value = _get(cfg, key)
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{key} is required ({allowed})")
+    kind = int if integer else (int, float)
+    bad_type = isinstance(value, bool) or not isinstance(value, kind)
+    too_low = low is not None and not bad_type and (value <= low if low_open else value < low)
+    too_high = high is not None and not bad_type and (value >= high if high_open else value > high)
+    if bad_type or too_low or too_high:
+        raise ConfigError(f"{key}={value} is invalid: allowed {allowed}")
+
+
+def _choice(cfg, key, choices):
+    value = _get(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value} is invalid: allowed {', '.join(map(str, choices))}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first bad value."""
+    _number(cfg, "seed", integer=True, allowed="an integer")
+    _choice(cfg, "device", DEVICES)
+    _number(cfg, "train.epochs", low=0, integer=True, allowed="an integer >= 0")
+    _number(cfg, "train.batch_size", low=1, integer=True, allowed="an integer >= 1")
+    _number(cfg, "finetune.epochs", low=0, integer=True, allowed="an integer >= 0")
+    _number(cfg, "finetune.lr_scale", low=0, low_open=True, allowed="a number > 0")
+    _number(cfg, "optimizer.lr", low=0, low_open=True, allowed="a number > 0")
+    _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    for key in ("train.grad_clip.max_norm", "train.grad_clip.max_value"):
+        _number(cfg, key, low=0, low_open=True, optional=True, allowed="null or a number > 0")
+    for key in ("train.regularization.l1", "train.regularization.l2"):
+        _number(cfg, key, low=0, allowed="a number >= 0")
+    _number(cfg, "dataset.val_fraction", low=0, high=1, high_open=True, optional=True,
+            allowed="0 <= val_fraction < 1")
+    check_strategy(cfg)
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    amount, threshold = _get(cfg, "strategy.amount"), _get(cfg, "strategy.threshold")
+    if amount is not None and threshold is not None:
+        raise ConfigError("strategy.amount and strategy.threshold are both set: set one "
+                          "(e.g. strategy.threshold=null)")
+    if amount is None and threshold is None:
+        raise ConfigError("strategy.amount or strategy.threshold must be set")
+    _number(cfg, "strategy.amount", low=0, high=1, high_open=True, optional=True,
+            allowed="a fraction 0 <= amount < 1")
+    _number(cfg, "strategy.threshold", optional=True, allowed="a number")
+    _choice(cfg, "strategy.scope", SCOPES)
+    _choice(cfg, "strategy.granularity", GRANULARITIES)

@@ -1,0 +1,1 @@
+"""Pruning criteria: base.py turns scores into masks; each module scores weights one way."""

@@ -1,0 +1,12 @@
+"""Magnitude pruning (Han et al. 2015): a weight matters as much as its absolute value."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from prunebench.strategies.base import PruneContext, Strategy
+
+
+class L1(Strategy):
+    def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        return {n: w.abs() for n, w in weights.items()}

@@ -1,0 +1,114 @@
+"""A flat epoch loop you can read top to bottom, and evaluation.
+
+`fit` trains for a number of epochs with optional masks held, gradient clipping and
+regularization, and calls `on_step` after every optimizer step (schedules prune from there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunebench.console import progress
+from prunebench.data import Dataset, Split, batches
+from prunebench.masks import Masks, prunable_weights
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss stopped training; carries where it happened."""
+
+    def __init__(self, phase: str, epoch: int, step: int):
+        super().__init__(f"non-finite loss in {phase} at epoch {epoch}, step {step}")
+        self.phase, self.epoch, self.step = phase, epoch, step
+
+
+@dataclass
+class FitSettings:
+    epochs: int
+    batch_size: int
+    max_norm: float | None = None
+    max_value: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None, settings: FitSettings,
+        generator: torch.Generator, phase: str, masks: Masks | None = None,
+        on_step: Callable[[int], None] | None = None, first_step: int = 0) -> list[dict]:
+    """Train `settings.epochs` epochs; returns one {epoch, loss, accuracy, lr} per epoch."""
+    history, step = [], first_step
+    weights = list(prunable_weights(model).values())
+    with progress() as bar:
+        task = bar.add_task(phase, total=settings.epochs, status="")
+        for epoch in range(settings.epochs):
+            model.train()
+            loss_sum = torch.zeros((), device=data.train.y.device)
+            correct = torch.zeros((), dtype=torch.long, device=data.train.y.device)
+            for x, y in batches(data, data.train, settings.batch_size, shuffle=True,
+                                generator=generator, train=True):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise Diverged(phase, epoch, step)
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                if settings.l2:
+                    loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if masks is not None:
+                    masks.mask_grads()
+                clip_gradients(model, settings)
+                optimizer.step()
+                if settings.l1:
+                    soft_threshold(weights, settings.l1 * optimizer.param_groups[0]["lr"])
+                if masks is not None:
+                    masks.apply()
+                step += 1
+                if on_step is not None:
+                    on_step(step)
+            record = {"epoch": epoch + 1, "loss": loss_sum.item() / len(data.train),
+                      "accuracy": correct.item() / len(data.train),
+                      "lr": optimizer.param_groups[0]["lr"]}
+            history.append(record)
+            if scheduler is not None:
+                scheduler.step()
+            bar.update(task, advance=1,
+                       status=f"loss {record['loss']:.4f}  acc {record['accuracy']:.4f}")
+            log.debug("%s epoch %d: loss %.4f acc %.4f", phase, epoch + 1, record["loss"],
+                      record["accuracy"])
+    return history
+
+
+def clip_gradients(model: nn.Module, settings: FitSettings) -> None:
+    if settings.max_value is not None:
+        nn.utils.clip_grad_value_(model.parameters(), settings.max_value)
+    if settings.max_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.max_norm)
+
+
+@torch.no_grad()
+def soft_threshold(weights: list[torch.Tensor], amount: float) -> None:
+    """Proximal step of an L1 penalty: shrink toward zero, landing on exact zeros."""
+    for w in weights:
+        w.copy_(w.sign() * (w.abs() - amount).clamp_min(0))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1024) -> dict:
+    """Mean cross-entropy and accuracy over a whole split."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in batches(data, split, batch_size):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+    return {"accuracy": correct / len(split), "loss": loss_sum / len(split)}
