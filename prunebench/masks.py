@@ -10,8 +10,8 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """The `weight` of every Linear and Conv layer, keyed by parameter name, in model order."""
-    return {f"{name}.weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, PRUNABLE)}
+    return {f"{name}.weight" if name else "weight": module.weight
+            for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
 
 
 class Masks:
