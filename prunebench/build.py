@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from prunebench.data import Dataset
+from prunebench.schema import ConfigError
 
 
 def dataset(cfg: DictConfig) -> Dataset:
-    return instantiate(cfg.dataset)
+    try:
+        return instantiate(cfg.dataset)
+    except InstantiationException as err:  # a user's error (missing data) stays one line
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
 
 
 def model(cfg: DictConfig, data: Dataset) -> nn.Module:

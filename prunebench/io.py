@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,10 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def save_torch(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def copy_file(src: str | Path, dst: str | Path, *, gunzip: bool = False) -> None:
+    """Copy `src` to `dst` atomically, decompressing it when `gunzip`."""
+    opener = gzip.open if gunzip else open
+    with opener(src, "rb") as source:
+        _atomic(Path(dst), lambda f: shutil.copyfileobj(source, f, 1 << 20))
