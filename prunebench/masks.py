@@ -50,9 +50,9 @@ class Masks:
 
     @torch.no_grad()
     def mask_grads(self) -> None:
-        pairs = [(w.grad, m) for w, m in zip(self._w, self._m) if w.grad is not None]
+        pairs = [(w.grad, m) for w, m in zip(self._w, self._m, strict=False) if w.grad is not None]
         if pairs:
-            grads, masks = zip(*pairs)
+            grads, masks = zip(*pairs, strict=False)
             torch._foreach_mul_(list(grads), list(masks))
 
     @torch.no_grad()

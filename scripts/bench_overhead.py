@@ -59,7 +59,7 @@ def build_variants(amount: float, x, y) -> dict:
 
     hooked, _ = make()
     linears = [m for m in hooked.modules() if isinstance(m, nn.Linear)]
-    for module, mask in zip(linears, random_masks(hooked, amount).values()):
+    for module, mask in zip(linears, random_masks(hooked, amount).values(), strict=False):
         prune.custom_from_mask(module, "weight", mask)
     # rebuilt after pruning: the hooks replace `weight` with the parameter `weight_orig`
     hooked_opt = torch.optim.SGD(hooked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

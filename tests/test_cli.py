@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 PHASE_KEYS = {"accuracy", "loss", "params", "nonzero", "sparsity", "layers"}

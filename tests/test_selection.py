@@ -51,7 +51,7 @@ def test_global_l1_matches_brute_force_and_torch_prune(amount):
     reference = tiny_net()
     modules = [(m, "weight") for m in reference.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
     prune.global_unstructured(modules, pruning_method=prune.L1Unstructured, amount=amount)
-    for (module, _), name in zip(modules, weights):
+    for (module, _), name in zip(modules, weights, strict=False):
         assert torch.equal(module.weight_mask, ours[name]), name
 
 
