@@ -115,3 +115,22 @@ def test_report_over_several_sweeps_and_single_runs(cli, tmp_path):
     rows = list(csv.DictReader((tmp_path / "runs" / "comparison.csv").open()))
     assert sorted(r["run"] for r in rows) == ["a", "b"]
     assert "random" in proc.stdout
+
+
+def test_two_jobs_racing_on_one_cache_entry(tmp_path):
+    """Started together, one job trains and saves; the other waits on the lock and loads."""
+    import subprocess
+
+    from conftest import BIN
+
+    procs = [subprocess.Popen([str(BIN / "prunebench"), f"hydra.run.dir={tmp_path / str(i)}",
+                               f"cache.dir={tmp_path / 'cache'}", "train.epochs=3",
+                               "finetune.epochs=0"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in range(2)]
+    assert sorted(r["cache"]["hit"] for r in results) == [False, True]
+    assert results[0]["dense"] == results[1]["dense"]
+    assert len(list((tmp_path / "cache").glob("dense-*.pt"))) == 1
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # no half-written leftovers
