@@ -8,7 +8,7 @@ criterion works with any of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -19,12 +19,19 @@ GRANULARITIES = ("weight", "neuron")
 
 @dataclass
 class PruneContext:
-    """What a criterion may use besides the weights: training batches and the loss."""
+    """What a criterion may use besides the weights: training batches and the loss.
+
+    Data-driven criteria also need the model (its forward), the current masks (what is pruned
+    already) and the target of this pruning call (iterative criteria prune in rounds).
+    """
 
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # fresh pass over training data
     loss: Callable[[Tensor, Tensor], Tensor]
     device: torch.device
     generator: torch.Generator
+    model: nn.Module | None = None
+    masks: dict[str, Tensor] | None = None
+    amount: float | None = None
 
 
 class Strategy:
@@ -38,6 +45,14 @@ class Strategy:
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
+                   ctx: PruneContext) -> None:
+        """Optionally update surviving weights in place once the new masks are chosen.
+
+        Most criteria only rank weights; Optimal Brain Surgeon moves the survivors to make up
+        for the removed ones, and L0 keeps the weights it trained along with its gates.
+        """
+
     @torch.no_grad()
     def prune(self, model: nn.Module, weights: dict[str, Tensor], masks: dict[str, Tensor],
               ctx: PruneContext, amount: float | None) -> dict[str, Tensor]:
@@ -46,8 +61,16 @@ class Strategy:
         Weights pruned already stay pruned: their scores are set to -inf, so they count first
         toward the target.
         """
+        ctx = replace(ctx, model=model, masks=masks, amount=amount)
         with torch.enable_grad():
             scores = self.score(weights, ctx)
+        new = self.select(scores, masks, amount)
+        self.compensate(weights, new, ctx)
+        return new
+
+    def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
+               amount: float | None) -> dict[str, Tensor]:
+        """Masks keeping the best-scoring weights or units (by `amount`, else `threshold`)."""
         scores = {n: s.detach().float().masked_fill(masks[n] == 0, -torch.inf)
                   for n, s in scores.items()}
         if self.granularity == "neuron":
