@@ -26,16 +26,26 @@ class Masks:
     def __init__(self, model: nn.Module):
         self.weights = prunable_weights(model)
         self.masks = {n: torch.ones_like(w) for n, w in self.weights.items()}
+        # masks of other parameters that go with removed units (biases, norm scales and
+        # shifts; granularity=neuron): held the same way, not counted as prunable weights
+        self._params = dict(model.named_parameters())
+        self.coupled: dict[str, Tensor] = {}
         self._refresh()
 
     def _refresh(self) -> None:
-        self._w = list(self.weights.values())
-        self._m = [self.masks[n] for n in self.weights]
+        self._w = list(self.weights.values()) + [self._params[n] for n in self.coupled]
+        self._m = [self.masks[n] for n in self.weights] + list(self.coupled.values())
 
     def update(self, new: dict[str, Tensor]) -> tuple[int, int]:
-        """Install new masks; returns (newly pruned, recovered) weight counts."""
+        """Install new masks; returns (newly pruned, recovered) prunable-weight counts.
+
+        Names that are not prunable weights (a removed unit's bias, say) become coupled masks.
+        """
         pruned = recovered = 0
         for name, mask in new.items():
+            if name not in self.weights:
+                self.coupled[name] = mask.to(self._params[name].dtype)
+                continue
             old = self.masks[name]
             mask = mask.to(old.dtype)
             pruned += int(((old > 0) & (mask == 0)).sum())
@@ -58,13 +68,13 @@ class Masks:
     @torch.no_grad()
     def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero per-weight optimizer state (momentum, Adam moments) at pruned positions."""
-        for name, weight in self.weights.items():
-            for value in optimizer.state.get(weight, {}).values():
-                if torch.is_tensor(value) and value.shape == weight.shape:
-                    value.mul_(self.masks[name])
+        for param, mask in zip(self._w, self._m, strict=True):
+            for value in optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(mask)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {n: m.bool() for n, m in self.masks.items()}
+        return {n: m.bool() for n, m in (self.masks | self.coupled).items()}
 
 
 def sparsity_report(model: nn.Module) -> dict:

@@ -58,8 +58,13 @@ def pipeline(cfg: DictConfig, out_dir: Path) -> dict:
     session.record("dense")
     schedule.run(session)
     session.record("final")
+    compacted = {}
+    if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
+        from prunebench import compact
+        compacted = {"compact": compact.run(cfg, model, data, out_dir)}
     return {
         **session.phases,
+        **compacted,
         "timing": {"train_s": train_s, **session.timing,
                    "total_s": time.perf_counter() - start},
         "events": session.events,

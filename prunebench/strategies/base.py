@@ -7,6 +7,7 @@ criterion works with any of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 SCOPES = ("global", "layer")
 GRANULARITIES = ("weight", "neuron")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,15 +37,30 @@ class PruneContext:
 
 
 class Strategy:
-    """Base class: subclasses override `score` (higher score = more important)."""
+    """Base class: subclasses override `score` (higher score = more important).
+
+    A criterion that judges whole units (a unit's activations, a filter's norm) overrides
+    `score_units` instead or as well; otherwise, with granularity=neuron, a unit's score is
+    the sum of its weights' scores.
+    """
 
     def __init__(self, name: str, amount: float | None = None, threshold: float | None = None,
-                 scope: str = "global", granularity: str = "weight"):
+                 scope: str = "global", granularity: str = "weight",
+                 allow_collapse: bool = False):
         self.name, self.amount, self.threshold = name, amount, threshold
         self.scope, self.granularity = scope, granularity
+        self.allow_collapse = allow_collapse
+        self.units = None  # granularity=neuron: structure.Units of the model being pruned
+        self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
+        self.collapsed: list[str] = []  # layers left with no units by the last selection
 
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def score_units(self, weights: dict[str, Tensor], ctx: PruneContext
+                    ) -> dict[str, Tensor] | None:
+        """One score per output unit (dim 0 of each weight), or None to sum `score`."""
+        return None
 
     def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
                    ctx: PruneContext) -> None:
@@ -59,22 +76,35 @@ class Strategy:
         """New masks: `amount` of all prunable weights removed (or the threshold applied).
 
         Weights pruned already stay pruned: their scores are set to -inf, so they count first
-        toward the target.
+        toward the target. With granularity=neuron the masks also cover the biases and norm
+        parameters of removed units (see `_select_units`).
         """
         ctx = replace(ctx, model=model, masks=masks, amount=amount)
-        with torch.enable_grad():
-            scores = self.score(weights, ctx)
+        scores = None
+        if self.granularity == "neuron":
+            from prunebench import structure  # torch-pruning loads for structured runs only
+
+            example = structure.example_input(model, next(iter(ctx.batches()))[0])
+            self.units = structure.find_units(model, example)
+            with torch.enable_grad():
+                scores = self.score_units(weights, ctx)
+        if scores is None:
+            with torch.enable_grad():
+                scores = self.score(weights, ctx)
         new = self.select(scores, masks, amount)
         self.compensate(weights, new, ctx)
-        return new
+        return new | self.coupled if self.granularity == "neuron" else new
 
     def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                amount: float | None) -> dict[str, Tensor]:
-        """Masks keeping the best-scoring weights or units (by `amount`, else `threshold`)."""
-        scores = {n: s.detach().float().masked_fill(masks[n] == 0, -torch.inf)
-                  for n, s in scores.items()}
+        """Masks keeping the best-scoring weights or units (by `amount`, else `threshold`).
+
+        At granularity=neuron, scores are per weight (summed per unit) or 1-D, per unit.
+        """
         if self.granularity == "neuron":
             return self._select_units(scores, masks, amount)
+        scores = {n: s.detach().float().masked_fill(masks[n] == 0, -torch.inf)
+                  for n, s in scores.items()}
         if amount is None:
             keep = {n: s >= self.threshold for n, s in scores.items()}
         else:
@@ -83,18 +113,62 @@ class Strategy:
 
     def _select_units(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                       amount: float | None) -> dict[str, Tensor]:
-        """Remove whole output units; the classifier's outputs (last layer) are never removed."""
-        names = list(scores)[:-1]
-        units = {n: scores[n].flatten(1).sum(1) for n in names}
-        if amount is None:
-            keep_units = {n: u >= self.threshold for n, u in units.items()}
-        else:
-            keep_units = select_by_amount(units, amount, self.scope)
-        new = dict(masks)
-        for n in names:
-            shape = (-1,) + (1,) * (masks[n].dim() - 1)
-            new[n] = masks[n] * keep_units[n].view(shape).to(masks[n].dtype)
+        """Remove whole output units of the layers where that is consistent (structure.py).
+
+        `amount` is a fraction of removable units (as in torch.nn.utils.prune.ln_structured
+        and Torch-Pruning), not of weights; the sparsity a run reports counts the weights
+        really removed. A unit whose weights are all masked was removed before and stays
+        removed. Unless allow_collapse, each layer keeps its best unit. The removed units'
+        biases, norm parameters and the next layers' input columns are masked too
+        (`self.coupled` for the non-prunable ones), so their outputs are exactly zero.
+        """
+        from prunebench import structure
+
+        units = {}
+        for n in self.units.layers:
+            s = scores[n].detach().float()
+            s = unit_sums({n: s}, masks)[n] if s.dim() > 1 else s.clone()
+            units[n] = s.masked_fill(masks[n].flatten(1).sum(1) == 0, -torch.inf)
+        keep = self._keep_units(units, amount)
+        params = dict(self.units.graph.model.named_parameters())
+        removed = structure.unit_masks(self.units, keep, params)
+        new = {n: m * removed[n] if n in removed else m.clone() for n, m in masks.items()}
+        self.coupled = {n: m for n, m in removed.items() if n not in masks}
         return new
+
+    def _keep_units(self, units: dict[str, Tensor], amount: float | None) -> dict[str, Tensor]:
+        """Keep-masks over units by amount (per layer or global) or threshold."""
+        protect = {} if self.allow_collapse else {
+            n: s.argmax() for n, s in units.items() if torch.isfinite(s.max())}
+        ranked = {n: s.clone() for n, s in units.items()}
+        for n, i in protect.items():
+            ranked[n][i] = torch.inf
+        if amount is None:
+            keep = {n: s >= self.threshold for n, s in ranked.items()}
+        elif self.scope == "layer":
+            keep = {n: bottom_k(s, min(round(amount * s.numel()), s.numel() - (n in protect)))
+                    for n, s in ranked.items()}
+        else:
+            flat = torch.cat(list(ranked.values()))
+            k = min(round(amount * flat.numel()), flat.numel() - len(protect))
+            sizes = [s.numel() for s in ranked.values()]
+            keep = dict(zip(ranked, bottom_k(flat, k).split(sizes), strict=True))
+        self.collapsed = [n for n, k in keep.items() if not k.any()]
+        if self.collapsed:
+            log.warning("layer collapse: no units left in %s", ", ".join(self.collapsed))
+        return keep
+
+
+def unit_sums(scores: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-weight scores summed over each output unit, masked weights left out."""
+    return {n: s.detach().float().masked_fill(masks[n] == 0, 0).flatten(1).sum(1)
+            for n, s in scores.items()}
+
+
+def expand_units(units: dict[str, Tensor], weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Unit scores as per-weight scores: each weight gets its unit's score."""
+    return {n: units[n].view((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone()
+            for n, w in weights.items()}
 
 
 def bottom_k(scores: Tensor, k: int) -> Tensor:

@@ -1,0 +1,126 @@
+"""Physically smaller models from neuron-pruned ones: build, save, rebuild, measure.
+
+A unit is removed when every parameter slice of its output (weight row or filter, bias, the
+norm layer's scale and shift) is zero, so its output is exactly zero and removing it, with
+the next layer's input columns, leaves the model's outputs unchanged. Torch-Pruning's
+DependencyGraph does the surgery and records it as a pruning history (module name, output or
+input, indices): checkpoints/compact.pt holds the state_dict, that history and the model's
+config, all plain data (loads with weights_only=True); `load` rebuilds the dense model from
+the config, replays the history on it and loads the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils import benchmark
+
+from prunebench import io, structure
+from prunebench.data import Dataset, batches
+
+log = logging.getLogger(__name__)
+LATENCY_BATCHES = (1, 64)
+
+
+def dead_units(units: structure.Units, weight: str, params: dict[str, Tensor]) -> list[int]:
+    """Units of `weight`'s layer whose every output slice is exactly zero."""
+    size = units.layers[weight].weight.shape[0]
+    return [j for j in range(size)
+            if all(torch.all(params[s.param].index_select(s.dim, torch.tensor(s.index)) == 0)
+                   for s in units.slices(weight, j) if s.dim == 0)]
+
+
+@torch.no_grad()
+def compact(model: nn.Module, example: Tensor) -> tuple[nn.Module, dict]:
+    """A smaller copy of `model` without its dead units, and what was done to get it."""
+    small = copy.deepcopy(model).cpu()
+    units = structure.find_units(small, example.cpu())
+    params = dict(small.named_parameters())
+    widths, collapsed = {}, []
+    dead = {w: dead_units(units, w, params) for w in units.layers}
+    for weight, layer in units.layers.items():
+        size = layer.weight.shape[0]
+        if len(dead[weight]) == size:  # a collapsed layer keeps one all-zero unit
+            collapsed.append(weight)
+            dead[weight] = dead[weight][1:]
+        if dead[weight]:
+            units.group(weight, dead[weight]).prune()
+        widths[weight] = [size - len(dead[weight]), size]
+    history = [[name, bool(out), [int(i) for i in idxs]]
+               for name, out, idxs in units.graph.pruning_history()]
+    return small, {"widths": widths, "fixed": units.fixed, "collapsed": collapsed,
+                   "pruning_history": history}
+
+
+def save(path: Path, small: nn.Module, recipe: dict, model_cfg: dict,
+         input_shape: tuple[int, ...], num_classes: int) -> None:
+    state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
+    io.save_torch(path, {"state_dict": state, "pruning_history": recipe["pruning_history"],
+                         "model": model_cfg, "input_shape": list(input_shape),
+                         "num_classes": num_classes})
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild a compacted model from compact.pt (no pickled code: weights_only=True)."""
+    saved = torch.load(path, weights_only=True)
+    shape = tuple(saved["input_shape"])
+    model = instantiate(saved["model"], input_shape=shape, num_classes=saved["num_classes"])
+    model.eval()
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.zeros(2, *shape), verbose=False)
+    graph.load_pruning_history(saved["pruning_history"])
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, x: Tensor) -> float:
+    """Median CPU time of one forward pass (torch.utils.benchmark, one thread)."""
+    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=1)
+    return timer.blocked_autorange(min_run_time=0.2).median * 1e3
+
+
+@torch.no_grad()
+def measure(dense: nn.Module, small: nn.Module, x: Tensor) -> dict:
+    """Params, MACs and CPU latency of the compact model against the dense one."""
+    dense, small = copy.deepcopy(dense).cpu().eval(), small.cpu().eval()
+    x = x.cpu()
+    out: dict = {}
+    for name, model in (("dense", dense), ("compact", small)):
+        macs, params = tp.utils.count_ops_and_params(model, x[:1])
+        out[name] = {"params": int(params), "macs": int(macs)}
+    latency = {}
+    for batch in LATENCY_BATCHES:
+        xb = x[:1].expand(batch, *x.shape[1:]).contiguous()
+        d, c = latency_ms(dense, xb), latency_ms(small, xb)
+        latency[f"batch_{batch}"] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
+    return {**out["compact"], "dense_params": out["dense"]["params"],
+            "dense_macs": out["dense"]["macs"], "latency": latency,
+            "max_abs_diff": float((small(x) - dense(x)).abs().max())}
+
+
+def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> dict:
+    """Compact the final model, save checkpoints/compact.pt, return results.json's `compact`."""
+    x = next(batches(data, data.test, max(LATENCY_BATCHES)))[0]
+    small, recipe = compact(model, structure.example_input(model, x))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    save(out_dir / "checkpoints" / "compact.pt", small, recipe, model_cfg, data.input_shape,
+         data.num_classes)
+    result = measure(model, small, x) | {k: recipe[k] for k in ("widths", "fixed", "collapsed")}
+    result["path"] = "checkpoints/compact.pt"
+    if result["max_abs_diff"] > 1e-5:
+        log.warning("compact model differs from the masked one by %.3g", result["max_abs_diff"])
+    if recipe["collapsed"]:
+        log.warning("layer collapse: no units left in %s", ", ".join(recipe["collapsed"]))
+    log.info("compact: %d -> %d params, latency x%.2f at batch 1, x%.2f at batch 64",
+             result["dense_params"], result["params"],
+             result["latency"]["batch_1"]["speedup"], result["latency"]["batch_64"]["speedup"])
+    return result

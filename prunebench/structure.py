@@ -1,0 +1,132 @@
+"""Which output units can be removed whole, and every parameter slice that goes with each.
+
+Torch-Pruning's DependencyGraph traces the model once and, for an output unit (a Linear
+row or a Conv filter), lists what removing it touches: the layer's bias, the norm layer
+after it, the next layer's input columns (through flatten), and any layer whose outputs are
+added to it (residual connections). A unit is removable here only when that list is plain:
+
+- its own layer, norm layers and input columns of later Linear/Conv layers, nothing else;
+- no other prunable layer's outputs are tied to it (a residual sum), since removing a
+  channel there means removing it from a whole stage: those layers keep all their units,
+  as Li et al. (2017) keep the outputs of residual blocks;
+- it is not an output of the classifier (the last prunable layer).
+
+Masking every slice in the list makes the unit's output exactly zero, so the masked model
+computes what the physically smaller one does (compact.py removes the same slices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from prunebench.masks import PRUNABLE
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Slice:
+    param: str  # parameter name, e.g. "features.0.weight"
+    dim: int  # 0: output units, 1: input columns
+    index: list[int]
+
+
+@dataclass
+class Units:
+    """The removable units of a model: layers keyed by their weight's name."""
+
+    graph: tp.DependencyGraph
+    layers: dict[str, nn.Module]  # weight name -> layer whose units may be removed
+    fixed: dict[str, str] = field(default_factory=dict)  # weight name -> why kept whole
+    names: dict[nn.Module, str] = field(default_factory=dict)  # module -> its name
+
+    def group(self, weight: str, units: list[int]) -> tp.Group:
+        layer = self.layers[weight]
+        return self.graph.get_pruning_group(
+            layer, self.graph.get_pruner_of_module(layer).prune_out_channels, units)
+
+    def slices(self, weight: str, unit: int) -> list[Slice]:
+        """Every parameter slice removed with one unit of `weight`'s layer."""
+        out = []
+        for item in self.group(weight, [unit]).items:
+            module = item.dep.target.module
+            if not has_params(module):
+                continue
+            prefix = self.names[module] + "." if self.names[module] else ""
+            is_out = self.graph.is_out_channel_pruning_fn(item.dep.handler)
+            dim = 0 if is_out or isinstance(module, NORMS) else 1
+            index = [int(i) for i in item.idxs]
+            for pname, _ in module.named_parameters(recurse=False):
+                if dim == 0 or pname == "weight":  # input columns live in the weight only
+                    out.append(Slice(prefix + pname, dim, index))
+        return out
+
+
+def has_params(module) -> bool:
+    return isinstance(module, nn.Module) and next(module.parameters(False), None) is not None
+
+
+def example_input(model: nn.Module, x: Tensor) -> Tensor:
+    """Two samples of a batch: enough to trace, and BatchNorm in train mode accepts it."""
+    return x[:2].to(next(model.parameters()).device)
+
+
+def find_units(model: nn.Module, example: Tensor) -> Units:
+    """Trace `model` (in eval mode, so norm statistics are untouched) and classify layers."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                          verbose=False)
+    finally:
+        model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    layers = {f"{n}.weight" if n else "weight": m
+              for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    units = Units(graph, {}, {}, names)
+    classifier = list(layers.values())[-1]
+    for weight, layer in layers.items():
+        units.layers[weight] = layer
+        reason = _why_fixed(units, weight, layer, classifier)
+        if reason:
+            del units.layers[weight]
+            units.fixed[weight] = reason
+    return units
+
+
+def _why_fixed(units: Units, weight: str, layer: nn.Module, classifier: nn.Module) -> str:
+    if layer is classifier:
+        return "classifier outputs"
+    if getattr(layer, "groups", 1) != 1:
+        return "grouped convolution"
+    for item in units.group(weight, [0]).items[1:]:
+        module = item.dep.target.module
+        is_out = units.graph.is_out_channel_pruning_fn(item.dep.handler)
+        if isinstance(module, Tensor):
+            return "coupled to a parameter outside any layer"
+        if module is classifier and is_out:
+            return "tied to the classifier outputs"
+        if isinstance(module, PRUNABLE) and is_out:
+            return f"outputs tied to {units.names[module]} (residual sum)"
+        if has_params(module) and not isinstance(module, PRUNABLE + NORMS):
+            return f"coupled to unsupported {type(module).__name__}"
+        if isinstance(module, PRUNABLE) and getattr(module, "groups", 1) != 1:
+            return f"feeds grouped convolution {units.names[module]}"
+    return ""
+
+
+def unit_masks(units: Units, keep: dict[str, Tensor], params: dict[str, Tensor]
+               ) -> dict[str, Tensor]:
+    """Masks (ones where kept) for every parameter touched by removing the units not kept."""
+    masks: dict[str, Tensor] = {}
+    for weight, kept in keep.items():
+        for unit in torch.nonzero(~kept.bool()).flatten().tolist():
+            for s in units.slices(weight, unit):
+                mask = masks.setdefault(s.param, torch.ones_like(params[s.param]))
+                mask.index_fill_(s.dim, torch.tensor(s.index, device=mask.device), 0)
+    return masks
