@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -12,29 +14,44 @@ from prunebench.data import Dataset
 from prunebench.schema import ConfigError
 
 
-def dataset(cfg: DictConfig) -> Dataset:
+@contextmanager
+def rejected_as_config_error(group: str):
+    """A value the target itself rejects (torch's optimizers check theirs) is the user's to
+    fix: one line naming the group, not a traceback."""
     try:
+        yield
+    except (InstantiationException, ValueError) as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):  # already one line naming the key (missing data)
+            raise cause from None
+        line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{group}: {line}") from err
+
+
+def dataset(cfg: DictConfig) -> Dataset:
+    with rejected_as_config_error("dataset"):
         return instantiate(cfg.dataset)
-    except InstantiationException as err:  # a user's error (missing data) stays one line
-        if isinstance(err.__cause__, ConfigError):
-            raise err.__cause__ from None
-        raise
 
 
 def model(cfg: DictConfig, data: Dataset) -> nn.Module:
-    return instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    with rejected_as_config_error("model"):
+        return instantiate(cfg.model, input_shape=data.input_shape,
+                           num_classes=data.num_classes)
 
 
 def strategy(cfg: DictConfig):
-    return instantiate(cfg.strategy)
+    with rejected_as_config_error("strategy"):
+        return instantiate(cfg.strategy)
 
 
 def schedule(cfg: DictConfig):
-    return instantiate(cfg.schedule)
+    with rejected_as_config_error("schedule"):
+        return instantiate(cfg.schedule)
 
 
 def optimizer(cfg: DictConfig, model: nn.Module, lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    return instantiate(cfg.optimizer, lr=cfg.optimizer.lr * lr_scale)(model.parameters())
+    with rejected_as_config_error("optimizer"):
+        return instantiate(cfg.optimizer, lr=cfg.optimizer.lr * lr_scale)(model.parameters())
 
 
 def lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from importlib import resources
@@ -55,16 +56,29 @@ def task(cfg: DictConfig) -> float | None:
     from prunebench.schema import ConfigError
 
     hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
+    # the sweep; nan tells sweepers such as optuna that the trial failed
     try:
         results = runner.run(cfg, hydra_cfg.runtime.output_dir)
     except ConfigError as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; its table marks the row
+        if sweep:
             log.error("config error: %s", err)
-            return None
+            return math.nan
         sys.exit(f"prunebench: error: {err}")
-    if hydra_cfg.mode == RunMode.RUN:  # in a sweep, the comparison table comes at the end
+    except Exception as err:
+        if not sweep:
+            raise
+        log.error("job failed (traceback in its results.json): %s: %s", type(err).__name__,
+                  str(err).splitlines()[0] if str(err) else "")
+        return math.nan
+    if sweep:  # the comparison table comes at the end of the sweep
+        return results.get("final", {}).get("accuracy", math.nan)
+    if any(phase in results for phase in ("dense", "pruned", "final")):
         table.show_run(results)
-    return results.get("final", {}).get("accuracy")
+    if results["status"] != "ok":
+        sys.exit(f"prunebench: {results['status']}: {results.get('error')}")
+    return results["final"]["accuracy"]
 
 
 if __name__ == "__main__":

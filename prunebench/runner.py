@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -23,23 +24,35 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run one experiment into `out_dir`; results.json is written whatever happens."""
     out_dir = Path(out_dir)
     results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
+    partial: dict = {}  # what the pipeline finished before a failure, kept in results.json
     try:
         schema.check(cfg)
-        results |= pipeline(cfg, out_dir)
+        results |= pipeline(cfg, out_dir, partial)
         results["status"] = "ok"
     except Diverged as err:
-        results |= {"status": "diverged", "error": str(err),
-                    "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step}}
+        results |= partial_results(partial) | {
+            "status": "diverged", "error": str(err),
+            "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step,
+                         "what": err.what}}
         log.error("%s", err)
     except Exception as err:
+        results |= partial_results(partial)
         results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        results["traceback"] = traceback.format_exc()
         raise
     finally:
         io.write_json(out_dir / "results.json", results)
     return results
 
 
-def pipeline(cfg: DictConfig, out_dir: Path) -> dict:
+def partial_results(partial: dict) -> dict:
+    session = partial.get("session")
+    if session is None:
+        return {}
+    return {**session.phases, "events": session.events, "history": session.history}
+
+
+def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
     start = time.perf_counter()
     device = build.device(cfg.device)
     if cfg.train.threads:
@@ -55,6 +68,7 @@ def pipeline(cfg: DictConfig, out_dir: Path) -> dict:
     train_s = time.perf_counter() - train_start
 
     session = Session(cfg, model, data, strategy, out_dir)
+    partial["session"] = session
     session.record("dense")
     schedule.run(session)
     session.record("final")

@@ -7,6 +7,7 @@ regularization, and calls `on_step` after every optimizer step (schedules prune 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,11 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
-    """A non-finite loss stopped training; carries where it happened."""
+    """A non-finite loss or gradient stopped training; carries where it happened.
 
-    def __init__(self, phase: str, epoch: int, step: int):
-        super().__init__(f"non-finite loss in {phase} at epoch {epoch}, step {step}")
-        self.phase, self.epoch, self.step = phase, epoch, step
+    `epoch` counts from 1 like the history; `step` is the number of optimizer steps taken.
+    """
+
+    def __init__(self, phase: str, epoch: int, step: int, what: str = "loss"):
+        super().__init__(f"non-finite {what} in {phase} at epoch {epoch}, step {step}")
+        self.phase, self.epoch, self.step, self.what = phase, epoch, step, what
 
 
 @dataclass
@@ -57,13 +61,14 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
-                    raise Diverged(phase, epoch, step)
+                    raise Diverged(phase, epoch + 1, step)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 if settings.l2:
                     loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                check_gradients(model, phase, epoch + 1, step)
                 if masks is not None:
                     masks.mask_grads()
                 clip_gradients(model, settings)
@@ -86,6 +91,13 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             log.debug("%s epoch %d: loss %.4f acc %.4f", phase, epoch + 1, record["loss"],
                       record["accuracy"])
     return history
+
+
+def check_gradients(model: nn.Module, phase: str, epoch: int, step: int) -> None:
+    """Raise Diverged on any inf/nan gradient (a max-abs norm cannot overflow on its own)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not torch.isfinite(nn.utils.get_total_norm(grads, math.inf)):
+        raise Diverged(phase, epoch, step, "gradient")
 
 
 def clip_gradients(model: nn.Module, settings: FitSettings) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prunebench import io
@@ -21,6 +22,8 @@ from prunebench import io
 log = logging.getLogger(__name__)
 # piped output gets a wide fixed width rather than rich's 80 columns, so tables stay readable
 stdout = Console(width=None if sys.stdout.isatty() else 200)
+# a results.json is a few hundred kB at most; anything far larger is not one of ours
+MAX_RESULTS_BYTES = 64 * 2**20
 # the terminal table leaves out columns the files still have
 TERMINAL_SKIP = {"params", "train_s", "prune_s", "finetune_s"}
 
@@ -85,13 +88,16 @@ def collect(root: str | Path) -> list[dict]:
     rows = []
     for path in paths:
         try:
+            if path.stat().st_size > MAX_RESULTS_BYTES:
+                raise ValueError(f"larger than {MAX_RESULTS_BYTES} bytes")
             results = json.loads(path.read_text())
             if not isinstance(results, dict) or "status" not in results:
                 raise ValueError("not a prunebench results.json")
             run = str(path.parent.relative_to(root)) if root.is_dir() else path.parent.name
             rows.append(row(results, run or "."))
-        except (OSError, ValueError, TypeError, AttributeError) as err:
-            log.warning("skipping %s: %s", path, err)
+        except Exception as err:  # whatever is in the file, the report goes on without it
+            log.warning("skipping %s: %s: %s", path, type(err).__name__,
+                        str(err).splitlines()[0] if str(err) else "")
     return rows
 
 
@@ -139,7 +145,8 @@ def show(rows: list[dict], title: str = "prunebench comparison") -> None:
         table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
     for r in rows:
         style = None if r["status"] == "ok" else "red"
-        table.add_row(*[_cell(r[c], f) for c, _, f in columns], style=style)
+        # cells come from files anyone may have written: escape rich markup like "[/]"
+        table.add_row(*[escape(_cell(r[c], f)) for c, _, f in columns], style=style)
     stdout.print(table)
 
 

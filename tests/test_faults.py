@@ -1,0 +1,111 @@
+"""Faults a long study meets: divergence, crashes inside sweeps, malformed or corrupt files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+
+from prunebench.data import Dataset, Split
+from prunebench.train import Diverged, FitSettings, fit
+
+
+def test_huge_learning_rate_is_recorded_as_diverged(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli([f"hydra.run.dir={out}", f"cache.dir={tmp_path / 'c'}", "train.epochs=3",
+                    "finetune.epochs=1", "optimizer.lr=1e6"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("prunebench: diverged: non-finite")
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "diverged"
+    where = results["diverged"]
+    assert where["phase"] == "train" and where["epoch"] == 1 and where["step"] >= 1
+    assert "final" not in results
+    assert not list((tmp_path / "c").glob("dense-*.pt"))  # nothing diverged goes in the cache
+
+
+class SqrtNet(nn.Module):
+    """Finite loss, infinite gradient: d sqrt(|w|)/dw is inf where w = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc.weight[0, 0] = 0.0
+
+    def forward(self, x):
+        return nn.functional.linear(x.flatten(1), self.fc.weight.abs().sqrt(), self.fc.bias)
+
+
+def test_non_finite_gradient_stops_the_phase():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(8, 1, 2, 2, generator=g), torch.randint(2, (8,), generator=g))
+    data = Dataset("t", split, split, None, (1, 2, 2), 2, torch.zeros(1), torch.ones(1), 1.0)
+    model = SqrtNet()
+    before = model.fc.weight.detach().clone()
+    with pytest.raises(Diverged) as caught:
+        fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), None,
+            FitSettings(epochs=1, batch_size=4), g, "finetune")
+    assert (caught.value.phase, caught.value.step, caught.value.what) == ("finetune", 0,
+                                                                           "gradient")
+    assert torch.equal(model.fc.weight, before)  # stopped before the optimizer step
+
+
+# a crash no config check can see, injected at interpreter start into the job for seed 13
+CRASH_ON_SEED_13 = """
+import prunebench.runner as runner
+_pipeline = runner.pipeline
+def pipeline(cfg, out_dir, partial):
+    if cfg.seed == 13:
+        raise RuntimeError("injected crash\\nsecond line")
+    return _pipeline(cfg, out_dir, partial)
+runner.pipeline = pipeline
+"""
+
+
+def test_sweep_survives_a_crash_and_a_bad_value_and_the_report_skips_malformed_files(tmp_path):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(CRASH_ON_SEED_13)
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", f"hydra.sweep.dir={sweep}", f"cache.dir={tmp_path / 'c'}",
+                    "train.epochs=1", "finetune.epochs=1", "seed=13,0",
+                    "optimizer.momentum=-1,0.5"], cwd=tmp_path,
+                   env={"PYTHONPATH": str(tmp_path / "inject")})
+    rows = {(r["seed"], r["status"], r["error"])
+            for r in csv.DictReader((sweep / "comparison.csv").open())}
+    assert rows == {("13", "failed", "RuntimeError: injected crash"),
+                    ("0", "failed", "ConfigError: optimizer: Invalid momentum value: -1"),
+                    ("0", "ok", "")}
+    assert "injected crash" in proc.stderr and "second line" not in proc.stderr
+    crashed = json.loads((sweep / "0" / "results.json").read_text())
+    assert "second line" in crashed["traceback"]  # the whole story is kept in the file
+
+    # the report goes on past anything malformed, naming each file it skips
+    good = (sweep / "3" / "results.json").read_text()
+    bad = {"truncated": good[: len(good) // 2], "binary": "\x00\xff garbage",
+           "list": "[1, 2]", "nested": "[" * 100_000 + "]" * 100_000,
+           "wrong-types": json.dumps({"status": "ok", "config": "x", "final": [1]}),
+           "markup": json.dumps({"status": "[/]", "config": {"strategy": {"name": "[/x]"}}}),
+           "empty": ""}
+    for name, text in bad.items():
+        (sweep / "bad" / name).mkdir(parents=True)
+        (sweep / "bad" / name / "results.json").write_text(text)
+    report = run_cli([str(sweep)], cwd=tmp_path, script="prunebench-report")
+    skipped = {name for name in bad if f"bad/{name}/results.json" in report.stderr}
+    assert skipped == set(bad) - {"markup"}, report.stderr
+    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"ok", "failed", "[/]"}
+
+
+def test_single_run_crash_exits_non_zero_with_failed_status(tmp_path):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(CRASH_ON_SEED_13)
+    out = tmp_path / "run"
+    proc = run_cli([f"hydra.run.dir={out}", "seed=13"], cwd=tmp_path, check=False,
+                   env={"PYTHONPATH": str(tmp_path / "inject")})
+    assert proc.returncode != 0 and "injected crash" in proc.stderr
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"
