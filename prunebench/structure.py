@@ -40,6 +40,7 @@ class Units:
     """The removable units of a model: layers keyed by their weight's name."""
 
     graph: tp.DependencyGraph
+    prunable: dict[str, nn.Module]  # weight name -> every Linear/Conv layer, in model order
     layers: dict[str, nn.Module]  # weight name -> layer whose units may be removed
     fixed: dict[str, str] = field(default_factory=dict)  # weight name -> why kept whole
     names: dict[nn.Module, str] = field(default_factory=dict)  # module -> its name
@@ -48,6 +49,16 @@ class Units:
         layer = self.layers[weight]
         return self.graph.get_pruning_group(
             layer, self.graph.get_pruner_of_module(layer).prune_out_channels, units)
+
+    def activation_site(self, layer: nn.Module) -> tuple[nn.Module, bool]:
+        """Where a layer's units come out: the norm layer right after it, if any, else the
+        layer itself; and whether a ReLU follows there (ReLU modules or F.relu alike)."""
+        node = self.graph.module2node[layer]
+        if len(node.outputs) == 1 and isinstance(node.outputs[0].module, NORMS):
+            node = node.outputs[0]
+        relu = any(out.grad_fn is not None and out.grad_fn.name().startswith("Relu")
+                   for out in node.outputs)
+        return node.module, relu
 
     def slices(self, weight: str, unit: int) -> list[Slice]:
         """Every parameter slice removed with one unit of `weight`'s layer."""
@@ -88,7 +99,7 @@ def find_units(model: nn.Module, example: Tensor) -> Units:
     names = {m: n for n, m in model.named_modules()}
     layers = {f"{n}.weight" if n else "weight": m
               for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
-    units = Units(graph, {}, {}, names)
+    units = Units(graph, layers, {}, {}, names)
     classifier = list(layers.values())[-1]
     for weight, layer in layers.items():
         units.layers[weight] = layer
