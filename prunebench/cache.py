@@ -2,7 +2,8 @@
 
 The key hashes the model, dataset, optimizer and training settings, the seed and the device
 type. A file lock serializes jobs racing on one entry: the first trains and saves (atomically),
-the others wait and then load. A file that fails to load is rebuilt, never trusted.
+the others wait and then load. An entry is loaded only if its bytes match the SHA-256 written
+next to it; a truncated, corrupt or unverified file is rebuilt with a warning, never trusted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import torch
@@ -48,14 +50,31 @@ def load_or_train(directory: str | Path, entry_key: str,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"dense-{entry_key}.pt"
+    digest_path = path.with_suffix(".sha256")
     with FileLock(str(path) + ".lock"):
         if path.exists():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True), True
+                return load_verified(path, digest_path), True
             except Exception as err:  # truncated or corrupt: rebuild, never trust it
-                log.warning("dense cache %s is unreadable (%s); retraining", path,
+                log.warning("dense cache %s is unusable (%s); retraining", path,
                             str(err).splitlines()[0] if str(err) else type(err).__name__)
                 path.unlink()
         entry = train()
         io.save_torch(path, entry)
+        # written second: an entry without its digest (a crash in between) is rebuilt
+        io.write_text(digest_path, hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
         return entry, False
+
+
+def load_verified(path: Path, digest_path: Path) -> dict:
+    """Load an entry whose bytes match the digest written with it.
+
+    torch.load does not check the zip's CRCs, so flipped or zeroed bytes inside a tensor load
+    silently as wrong weights; the digest catches those as well as truncation.
+    """
+    blob = path.read_bytes()
+    if not digest_path.exists():
+        raise ValueError("no checksum file next to it")
+    if hashlib.sha256(blob).hexdigest() != digest_path.read_text().strip():
+        raise ValueError(f"checksum mismatch ({len(blob)} bytes)")
+    return torch.load(BytesIO(blob), map_location="cpu", weights_only=True)

@@ -67,6 +67,8 @@ def task(cfg: DictConfig) -> float | None:
             return math.nan
         sys.exit(f"prunebench: error: {err}")
     except Exception as err:
+        if not sweep and isinstance(err, OSError) and err.strerror:  # disk full, read-only
+            sys.exit(f"prunebench: error: {err.filename or 'writing results'}: {err.strerror}")
         if not sweep:
             raise
         log.error("job failed (traceback in its results.json): %s: %s", type(err).__name__,

@@ -109,3 +109,36 @@ def test_single_run_crash_exits_non_zero_with_failed_status(tmp_path):
                    env={"PYTHONPATH": str(tmp_path / "inject")})
     assert proc.returncode != 0 and "injected crash" in proc.stderr
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
+def test_corrupt_or_truncated_cache_entry_is_rebuilt_not_loaded(tmp_path):
+    args = [f"cache.dir={tmp_path / 'c'}", "train.epochs=2", "finetune.epochs=0"]
+    run_cli([f"hydra.run.dir={tmp_path / 'first'}", *args], cwd=tmp_path)
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    [entry] = (tmp_path / "c").glob("dense-*.pt")
+    blob = entry.read_bytes()
+    original = torch.load(entry, weights_only=True)["state_dict"]
+    zeroed = blob[: len(blob) // 2] + bytes(64) + blob[len(blob) // 2 + 64:]
+    entry.write_bytes(zeroed)
+    torch.load(entry, weights_only=True)  # torch itself would load these wrong weights
+    for name, damaged in [("zeroed", zeroed), ("truncated", blob[: len(blob) // 2])]:
+        entry.write_bytes(damaged)
+        proc = run_cli([f"hydra.run.dir={tmp_path / name}", *args], cwd=tmp_path)
+        assert "unusable" in proc.stderr and entry.name in proc.stderr, proc.stderr
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["cache"]["hit"] is False
+        assert results["dense"] == first["dense"]  # retrained: the same dense model
+        rebuilt = torch.load(entry, weights_only=True)["state_dict"]  # whole again
+        assert all(torch.equal(rebuilt[k], v) for k, v in original.items())
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "cache.dir"])
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, key):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    args = {"hydra.run.dir": tmp_path / "run", "cache.dir": tmp_path / "c"} | {key: a_file / "x"}
+    proc = run_cli([f"{k}={v}" for k, v in args.items()], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"prunebench: error: cannot write to {a_file / 'x'}: " \
+                                  "Not a directory"
+    assert not (tmp_path / "run" / "results.json").exists()
