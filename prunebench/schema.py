@@ -63,10 +63,37 @@ def check_strategy(cfg: DictConfig) -> None:
     if amount is not None and threshold is not None:
         raise ConfigError("strategy.amount and strategy.threshold are both set: set one "
                           "(e.g. strategy.threshold=null)")
-    if amount is None and threshold is None:
+    # a criterion with its own penalty (l0's strategy.lambda) may decide the sparsity itself
+    if amount is None and threshold is None and _get(cfg, "strategy.lambda") is None:
         raise ConfigError("strategy.amount or strategy.threshold must be set")
     _number(cfg, "strategy.amount", low=0, high=1, high_open=True, optional=True,
             allowed="a fraction 0 <= amount < 1")
     _number(cfg, "strategy.threshold", optional=True, allowed="a number")
     _choice(cfg, "strategy.scope", SCOPES)
     _choice(cfg, "strategy.granularity", GRANULARITIES)
+    check_criterion(cfg)
+
+
+# criterion-specific keys, checked where a strategy's YAML has them
+VARIANTS = {"gradient": ("snip", "taylor", "grasp", "synflow"), "hessian": ("obd", "obs")}
+ESTIMATORS = ("hutchinson", "fisher", "exact")
+
+
+def check_criterion(cfg: DictConfig) -> None:
+    name = _get(cfg, "strategy.name")
+    if name in VARIANTS:
+        _choice(cfg, "strategy.variant", VARIANTS[name])
+    if _get(cfg, "strategy.estimator") is not None:
+        _choice(cfg, "strategy.estimator", ESTIMATORS)
+    for key in ("batches", "probes", "iterations", "block_size"):
+        if _get(cfg, f"strategy.{key}") is not None:
+            _number(cfg, f"strategy.{key}", low=1, integer=True, allowed="an integer >= 1")
+    if _get(cfg, "strategy.epochs") is not None:
+        _number(cfg, "strategy.epochs", low=0, integer=True, allowed="an integer >= 0")
+    for key in ("lambda", "damp"):
+        _number(cfg, f"strategy.{key}", low=0, optional=True, allowed="a number >= 0")
+    for key in ("max_memory_gb", "lr", "gate_lr"):
+        _number(cfg, f"strategy.{key}", low=0, low_open=True, optional=True,
+                allowed="a number > 0")
+    _number(cfg, "strategy.init_open", low=0, high=1, low_open=True, high_open=True,
+            optional=True, allowed="a probability 0 < init_open < 1")

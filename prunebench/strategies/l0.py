@@ -1,0 +1,127 @@
+"""L0 regularization with hard-concrete gates (Louizos, Welling & Kingma 2018).
+
+Every weight (granularity=weight) or output unit (granularity=neuron; the classifier's outputs
+get no gate) is multiplied by a stochastic gate z in [0, 1] with a learned log-alpha. Gates and
+weights train together from the current (dense) weights for `epochs` epochs on
+
+    loss + lambda * sum over gates of P(z != 0) * (weights the gate holds)
+
+so lambda is a price per expected nonzero weight. At test time the gates are deterministic,
+z = clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1).
+
+Scores are the gates' open probabilities P(z != 0). With `amount` set, base.py keeps the most
+probably open weights, so the target is met exactly. With amount and threshold both null the
+L0 model decides by itself: a weight is pruned where its deterministic gate is zero (the same
+as an open probability below CLOSED_BELOW) and the sparsity reached is what lambda buys.
+
+The trained weights are kept: the model gets weight * z for every surviving weight, i.e. the
+L0 network at test time. (A survivor whose deterministic gate is zero, which only happens when
+`amount` keeps more than L0 opened, gets its trained weight unscaled rather than a zero.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from prunebench.strategies.base import PruneContext, Strategy
+
+log = logging.getLogger(__name__)
+GAMMA, ZETA, BETA = -0.1, 1.1, 2.0 / 3.0
+
+
+def open_probability(log_alpha: Tensor) -> Tensor:
+    """P(z != 0) of a hard-concrete gate, in closed form."""
+    return torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+
+def sample_gate(log_alpha: Tensor, generator: torch.Generator) -> Tensor:
+    """A reparameterized hard-concrete sample (differentiable in log_alpha)."""
+    u = torch.rand(log_alpha.shape, generator=generator, device=generator.device)
+    u = u.to(log_alpha.device).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
+    return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def deterministic_gate(log_alpha: Tensor) -> Tensor:
+    return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+# the deterministic gate is zero exactly when the open probability is at most this
+CLOSED_BELOW = float(open_probability(torch.tensor(math.log(-GAMMA / ZETA))))
+
+
+class L0(Strategy):
+    def __init__(self, name: str, epochs: int = 10, lr: float = 1e-3, gate_lr: float = 0.05,
+                 init_open: float = 0.9, amount: float | None = None,
+                 threshold: float | None = None, scope: str = "global",
+                 granularity: str = "weight", **penalty):
+        # `lambda` is a Python keyword, so it arrives through **penalty
+        super().__init__(name, amount, threshold, scope, granularity)
+        self.lam = float(penalty.pop("lambda", 1e-4))
+        if penalty:
+            raise TypeError(f"unexpected strategy keys: {', '.join(penalty)}")
+        self.epochs, self.lr, self.gate_lr, self.init_open = epochs, lr, gate_lr, init_open
+        if amount is None and threshold is None:
+            self.threshold = CLOSED_BELOW
+        self._trained: dict[str, Tensor] = {}
+        self.log_alpha: dict[str, Tensor] = {}  # the gates of the last pruning call
+
+    def gate_shapes(self, weights: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+        if self.granularity == "weight":
+            return {n: tuple(w.shape) for n, w in weights.items()}
+        names = list(weights)[:-1]  # as in base.py, output units of the classifier stay
+        return {n: (weights[n].shape[0],) + (1,) * (weights[n].dim() - 1) for n in names}
+
+    def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        model = ctx.model
+        params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+        # start with most gates open: P(z > 0) high, so training begins near the dense net
+        init = math.log(self.init_open / (1 - self.init_open))
+        log_alpha = {n: torch.full(shape, init, device=weights[n].device, requires_grad=True)
+                     for n, shape in self.gate_shapes(weights).items()}
+        held = {n: weights[n].numel() // log_alpha[n].numel() for n in log_alpha}
+        optimizer = torch.optim.Adam([{"params": list(params.values()), "lr": self.lr},
+                                      {"params": list(log_alpha.values()), "lr": self.gate_lr}])
+        was_training = model.training
+        model.train()
+        for _ in range(self.epochs):
+            for x, y in ctx.batches():
+                gated = {n: params[n] * ctx.masks[n] * sample_gate(a, ctx.generator)
+                         for n, a in log_alpha.items()}
+                out = functional_call(model, {**params, **gated}, (x,))
+                penalty = sum(open_probability(a).sum() * held[n] for n, a in log_alpha.items())
+                loss = ctx.loss(out, y) + self.lam * penalty
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.train(was_training)
+        self.log_alpha = {n: a.detach() for n, a in log_alpha.items()}
+        self._trained = {n: p.detach() for n, p in params.items()}
+        scores = {}
+        for n, w in weights.items():
+            if n not in log_alpha:  # no gate: never selected at neuron granularity
+                scores[n] = torch.ones_like(w)
+                continue
+            gate = deterministic_gate(log_alpha[n].detach())
+            self._trained[n] = self._trained[n] * torch.where(gate > 0, gate, 1.0)
+            prob = open_probability(log_alpha[n].detach()).expand_as(w)
+            # base.py sums a unit's scores; divide so a unit's score is its open probability
+            scores[n] = prob / held[n]
+        closed = sum(int((deterministic_gate(a) == 0).sum()) * held[n]
+                     for n, a in log_alpha.items())
+        log.info("l0: %d epochs, lambda %g: deterministic gates close %d of %d weights",
+                 self.epochs, self.lam, closed, sum(w.numel() for w in weights.values()))
+        return scores
+
+    @torch.no_grad()
+    def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
+                   ctx: PruneContext) -> None:
+        """Keep the weights L0 trained (biases too), with the deterministic gates folded in."""
+        for n, p in ctx.model.named_parameters():
+            p.copy_(self._trained[n])
+        self._trained = {}

@@ -1,0 +1,199 @@
+"""Scoring cost of every strategy as a ratio to one forward+backward over the same batches.
+
+    python scripts/bench_strategies.py [--model lenet300] [--dataset digits] [--batches 8]
+                                       [--device cpu] [--threads 1]
+
+Each strategy (every conf/strategy/*.yaml, and each variant / estimator of gradient and
+hessian) scores the same trained-at-init model on the same `--batches` training batches.
+Time: median of `--repeats` runs of Strategy.prune (scores, selection and any compensation),
+divided by the median time of one forward+backward pass over those batches. Memory: peak
+memory above the starting point (CUDA: torch.cuda.max_memory_allocated; CPU: peak resident
+set size of a forked child), divided by the same figure for the forward+backward.
+The Hutchinson rows show the cost of P probes against P single Hessian-vector products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+
+from prunebench import build
+from prunebench.data import batches as iterate
+from prunebench.masks import prunable_weights
+from prunebench.strategies.base import PruneContext
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+# variants beyond each YAML's default: (label, overrides)
+VARIANTS = [
+    *[(f"gradient/{v}", ["strategy=gradient", f"strategy.variant={v}"])
+      for v in ("snip", "taylor", "grasp", "synflow")],
+    *[(f"hessian/obd/{e}", ["strategy=hessian", "strategy.variant=obd",
+                            f"strategy.estimator={e}"]) for e in ("hutchinson", "fisher")],
+    ("hessian/obd/exact (1 batch)", ["strategy=hessian", "strategy.variant=obd",
+                                     "strategy.estimator=exact", "strategy.batches=1"]),
+    ("hessian/obs", ["strategy=hessian", "strategy.variant=obs"]),
+    ("l0 (1 epoch)", ["strategy=l0", "strategy.epochs=1"]),
+]
+
+
+def setup(args):
+    with initialize_config_module("prunebench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={args.model}", f"dataset={args.dataset}"])
+    device = torch.device(args.device)
+    data = build.dataset(cfg).to(device)
+    torch.manual_seed(0)
+    model = build.model(cfg, data).to(device)
+    chosen = []
+    for xy in iterate(data, data.train, args.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(0)):
+        if len(chosen) == args.batches:
+            break
+        chosen.append(xy)
+    return model, chosen, device
+
+
+def strategy_configs(args, batches: int) -> list[tuple[str, object]]:
+    common = [f"strategy.batches={batches}"]
+    out = []
+    names = sorted(p.stem for p in CONF.glob("*.yaml"))
+    runs = [(n, [f"strategy={n}"]) for n in names if n not in ("gradient", "hessian", "l0")]
+    for label, overrides in runs + VARIANTS:
+        with initialize_config_module("prunebench.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        keys = [o for o in common if o.split("=")[0].split(".")[1] in cfg.strategy
+                and o.split("=")[0] not in " ".join(overrides)]
+        with initialize_config_module("prunebench.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides + keys + ["strategy.amount=0.9",
+                                                                    "strategy.threshold=null"])
+        out.append((label, cfg))
+    return out
+
+
+def context(model, batches, device) -> PruneContext:
+    return PruneContext(lambda: iter(batches), F.cross_entropy, device,
+                        torch.Generator().manual_seed(0))
+
+
+def forward_backward(model, batches, device):
+    def run():
+        for x, y in batches:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+    return run
+
+
+def hvp_once(model, batches, device):
+    """One Hessian-vector product over the batches, from scratch (the unit Hutchinson pays)."""
+    params = list(prunable_weights(model).values())
+    vs = [torch.ones_like(p) for p in params]
+
+    def run():
+        for x, y in batches:
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+            torch.autograd.grad(grads, params, vs)
+    return run
+
+
+def pruner(cfg, model, batches, device):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run():
+        model.load_state_dict(state)  # compensating strategies move weights: start afresh
+        strategy = build.strategy(cfg)
+        weights = prunable_weights(model)
+        masks = {n: torch.ones_like(w) for n, w in weights.items()}
+        strategy.prune(model, weights, masks, context(model, batches, device), cfg.strategy.amount)
+    return run
+
+
+def timed(fn, repeats: int, device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _child(fn, queue):
+    start = rss_bytes()
+    fn()
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+
+
+def peak_memory(fn, device) -> float:
+    """Bytes of peak memory the call needs above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    queue = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(fn, queue))
+    child.start()
+    child.join()
+    return max(queue.get(), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lenet300")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="comma-separated labels to run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, batches, device = setup(args)
+    base_fn = forward_backward(model, batches, device)
+    base_t, base_m = timed(base_fn, args.repeats, device), peak_memory(base_fn, device)
+    print(f"{args.model} on {args.dataset}, {len(batches)} batches of {args.batch_size}, "
+          f"{device}: forward+backward {base_t * 1e3:.2f} ms, peak {base_m / 2**20:.1f} MiB")
+    print(f"{'strategy':32s} {'time':>10s} {'memory':>8s}   (x forward+backward)")
+    only = set(filter(None, args.only.split(",")))
+    for label, cfg in strategy_configs(args, len(batches)):
+        if only and label not in only:
+            continue
+        fn = pruner(cfg, model, batches, device)
+        t = timed(fn, 1 if "exact" in label else args.repeats, device)
+        m = peak_memory(fn, device)
+        print(f"{label:32s} {t / base_t:10.1f} {m / base_m:8.1f}", flush=True)
+
+    hvp_t = timed(hvp_once(model, batches, device), args.repeats, device)
+    print(f"\none Hessian-vector product over the batches: {hvp_t / base_t:.2f} x "
+          "forward+backward")
+    print(f"{'probes P':>8s} {'hutchinson / HVP':>17s} {'per probe / HVP':>16s}")
+    for probes in (1, 2, 4, 8, 16):
+        with initialize_config_module("prunebench.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[
+                "strategy=hessian", "strategy.estimator=hutchinson",
+                f"strategy.probes={probes}", f"strategy.batches={len(batches)}"])
+        t = timed(pruner(cfg, model, batches, device), args.repeats, device)
+        print(f"{probes:8d} {t / hvp_t:17.2f} {t / hvp_t / probes:16.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
