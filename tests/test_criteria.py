@@ -298,3 +298,20 @@ def test_obs_block_size_shrinks_to_fit_the_memory_budget():
     mask[0, :3] = 0
     new = curv["0.weight"].surgeon(w, mask)
     assert torch.equal(new[1:], w[1:]) and torch.all(new[0, :3] == 0)
+
+
+def test_l0_neuron_gates_remove_whole_units_by_open_probability():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    batches = make_batches()
+    weights = prunable_weights(model)
+    ctx = context(model, batches)
+    strategy = L0("l0", epochs=3, amount=0.5, scope="layer", granularity="neuron",
+                  **{"lambda": 0.01})
+    masks = strategy.prune(model, weights, ctx.masks, ctx, 0.5)
+    assert set(strategy.log_alpha) == set(strategy.units.layers) == {"0.weight", "2.weight"}
+    for n, gates in strategy.log_alpha.items():
+        units_kept = masks[n].flatten(1).any(1)
+        assert int((~units_kept).sum()) == round(0.5 * len(units_kept))
+        prob = l0.open_probability(gates).flatten()
+        assert prob[~units_kept].max() <= prob[units_kept].min()

@@ -1,8 +1,9 @@
 """L0 regularization with hard-concrete gates (Louizos, Welling & Kingma 2018).
 
-Every weight (granularity=weight) or output unit (granularity=neuron; the classifier's outputs
-get no gate) is multiplied by a stochastic gate z in [0, 1] with a learned log-alpha. Gates and
-weights train together from the current (dense) weights for `epochs` epochs on
+Every weight (granularity=weight) or removable output unit (granularity=neuron: the units
+base.py / structure.py may remove) is multiplied by a stochastic gate z in [0, 1] with a
+learned log-alpha. Gates and weights train together from the current (dense) weights for
+`epochs` epochs on
 
     loss + lambda * sum over gates of P(z != 0) * (weights the gate holds)
 
@@ -71,19 +72,28 @@ class L0(Strategy):
         self._trained: dict[str, Tensor] = {}
         self.log_alpha: dict[str, Tensor] = {}  # the gates of the last pruning call
 
-    def gate_shapes(self, weights: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-        if self.granularity == "weight":
-            return {n: tuple(w.shape) for n, w in weights.items()}
-        names = list(weights)[:-1]  # as in base.py, output units of the classifier stay
-        return {n: (weights[n].shape[0],) + (1,) * (weights[n].dim() - 1) for n in names}
-
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        """granularity=weight: one gate per weight, scored by its open probability."""
+        shapes = {n: tuple(w.shape) for n, w in weights.items()}
+        return {n: open_probability(a) for n, a in self.train_gates(weights, shapes, ctx).items()}
+
+    def score_units(self, weights: dict[str, Tensor], ctx: PruneContext
+                    ) -> dict[str, Tensor] | None:
+        """granularity=neuron: one gate per removable unit (base.py's self.units)."""
+        shapes = {n: (weights[n].shape[0],) + (1,) * (weights[n].dim() - 1)
+                  for n in self.units.layers}
+        gates = self.train_gates(weights, shapes, ctx)
+        return {n: open_probability(a).flatten() for n, a in gates.items()}
+
+    def train_gates(self, weights: dict[str, Tensor], shapes: dict[str, tuple[int, ...]],
+                    ctx: PruneContext) -> dict[str, Tensor]:
+        """Train gates of `shapes` (broadcast over the weights) with all parameters."""
         model = ctx.model
         params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
         # start with most gates open: P(z > 0) high, so training begins near the dense net
         init = math.log(self.init_open / (1 - self.init_open))
         log_alpha = {n: torch.full(shape, init, device=weights[n].device, requires_grad=True)
-                     for n, shape in self.gate_shapes(weights).items()}
+                     for n, shape in shapes.items()}
         held = {n: weights[n].numel() // log_alpha[n].numel() for n in log_alpha}
         optimizer = torch.optim.Adam([{"params": list(params.values()), "lr": self.lr},
                                       {"params": list(log_alpha.values()), "lr": self.gate_lr}])
@@ -102,21 +112,14 @@ class L0(Strategy):
         model.train(was_training)
         self.log_alpha = {n: a.detach() for n, a in log_alpha.items()}
         self._trained = {n: p.detach() for n, p in params.items()}
-        scores = {}
-        for n, w in weights.items():
-            if n not in log_alpha:  # no gate: never selected at neuron granularity
-                scores[n] = torch.ones_like(w)
-                continue
-            gate = deterministic_gate(log_alpha[n].detach())
+        for n, a in self.log_alpha.items():
+            gate = deterministic_gate(a)
             self._trained[n] = self._trained[n] * torch.where(gate > 0, gate, 1.0)
-            prob = open_probability(log_alpha[n].detach()).expand_as(w)
-            # base.py sums a unit's scores; divide so a unit's score is its open probability
-            scores[n] = prob / held[n]
         closed = sum(int((deterministic_gate(a) == 0).sum()) * held[n]
-                     for n, a in log_alpha.items())
-        log.info("l0: %d epochs, lambda %g: deterministic gates close %d of %d weights",
-                 self.epochs, self.lam, closed, sum(w.numel() for w in weights.values()))
-        return scores
+                     for n, a in self.log_alpha.items())
+        log.info("l0: %d epochs, lambda %g: deterministic gates close %d of %d gated weights",
+                 self.epochs, self.lam, closed, sum(weights[n].numel() for n in log_alpha))
+        return self.log_alpha
 
     @torch.no_grad()
     def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
