@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python scripts/bench_overhead.py
+	$(BIN)/python scripts/bench_strategies.py
 
 lint: install
 	$(BIN)/ruff check .
