@@ -40,8 +40,16 @@ def key(cfg: DictConfig, device: torch.device) -> str:
         "seed": cfg.seed,
         "device": device.type,
     }
+    if rewind_epoch(cfg):  # only such entries hold the epoch-k snapshot
+        identity["rewind_epoch"] = rewind_epoch(cfg)
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def rewind_epoch(cfg: DictConfig) -> int:
+    """k of `schedule.rewind=epoch_<k>` (lottery-ticket rewinding to epoch k), else 0."""
+    rewind = str(OmegaConf.select(cfg, "schedule.rewind", default=None) or "none")
+    return int(rewind.removeprefix("epoch_")) if rewind.startswith("epoch_") else 0
 
 
 def load_or_train(directory: str | Path, entry_key: str,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build, cache, io, schema
 from prunebench.schedules.base import Session, fit_settings
+from prunebench.telemetry import GradientStats
 from prunebench.train import Diverged, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,17 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 def partial_results(partial: dict) -> dict:
     session = partial.get("session")
     if session is None:
-        return {}
-    return {**session.phases, "events": session.events, "history": session.history}
+        return {"gradients": gradient_summaries(partial)} if partial else {}
+    return {**session.phases, "events": session.events, "history": session.history,
+            "gradients": gradient_summaries(partial)}
+
+
+def gradient_summaries(partial: dict) -> dict:
+    """Gradient telemetry per phase: dense training, then the session's phases."""
+    session = partial.get("session")
+    train = partial.get("train_gradients")  # live while training, then the (cached) summary
+    return {"train": train.summary() if isinstance(train, GradientStats) else train,
+            **({p: g.summary() for p, g in session.gradients.items()} if session else {})}
 
 
 def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
@@ -62,13 +73,16 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
     model = build.model(cfg, data).to(device)
     strategy, schedule = build.strategy(cfg), build.schedule(cfg)
 
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
-    dense, cache_hit = dense_weights(cfg, model, data, device)
+    dense, cache_hit = dense_weights(cfg, model, data, device, partial)
+    partial["train_gradients"] = dense.get("gradients")
     model.load_state_dict(dense["state_dict"])
     train_s = time.perf_counter() - train_start
 
     session = Session(cfg, model, data, strategy, out_dir)
     partial["session"] = session
+    session.rewind_states = {"init": init_state, **dense.get("snapshots", {})}
     session.record("dense")
     schedule.run(session)
     session.record("final")
@@ -83,11 +97,12 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
                    "total_s": time.perf_counter() - start},
         "events": session.events,
         "history": {"train": dense["history"], **session.history},
+        "gradients": gradient_summaries(partial),
         "cache": {"hit": cache_hit, "dense_train_s": dense["train_s"]},
     }
 
 
-def dense_weights(cfg: DictConfig, model, data, device) -> tuple[dict, bool]:
+def dense_weights(cfg: DictConfig, model, data, device, partial: dict) -> tuple[dict, bool]:
     """Train the dense model, or load it from the cache; returns (entry, cache hit)."""
 
     def train() -> dict:
@@ -95,12 +110,22 @@ def dense_weights(cfg: DictConfig, model, data, device) -> tuple[dict, bool]:
         optimizer = build.optimizer(cfg, model)
         scheduler = build.lr_scheduler(cfg, optimizer, cfg.train.epochs)
         generator = torch.Generator().manual_seed(cfg.seed)
+        gradients, snapshots = GradientStats(), {}
+        partial["train_gradients"] = gradients
+        snapshot_step = cache.rewind_epoch(cfg) * math.ceil(len(data.train) / cfg.train.batch_size)
+
+        def keep_snapshot(step: int) -> None:  # weights for lottery-ticket rewinding
+            if step == snapshot_step:
+                snapshots[f"epoch_{cache.rewind_epoch(cfg)}"] = {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
         history = fit(model, data, optimizer, scheduler, fit_settings(cfg, cfg.train.epochs),
-                      generator, "train")
+                      generator, "train", on_step=keep_snapshot if snapshot_step else None,
+                      gradients=gradients)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         log.info("dense: test accuracy %.4f", evaluate(model, data, data.test)["accuracy"])
-        return {"state_dict": state, "history": history,
-                "train_s": time.perf_counter() - start}
+        return {"state_dict": state, "history": history, "gradients": gradients.summary(),
+                "snapshots": snapshots, "train_s": time.perf_counter() - start}
 
     if cfg.train.epochs == 0 or not cfg.cache.enabled:
         return train(), False

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
 from prunebench.masks import Masks, prunable_weights
+from prunebench.telemetry import GradientStats, clip, grad_norm
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,16 @@ class FitSettings:
 def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, settings: FitSettings,
         generator: torch.Generator, phase: str, masks: Masks | None = None,
-        on_step: Callable[[int], None] | None = None, first_step: int = 0) -> list[dict]:
-    """Train `settings.epochs` epochs; returns one {epoch, loss, accuracy, lr} per epoch."""
+        on_step: Callable[[int], None] | None = None, first_step: int = 0,
+        gradients: GradientStats | None = None) -> list[dict]:
+    """Train `settings.epochs` epochs; returns one {epoch, loss, accuracy, lr} per epoch.
+
+    `gradients` collects the per-step gradient norm (before clipping) and clip flags.
+    """
     history, step = [], first_step
-    weights = list(prunable_weights(model).values())
+    weights = leaf_weights(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    gradients = gradients if gradients is not None else GradientStats()
     with progress() as bar:
         task = bar.add_task(phase, total=settings.epochs, status="")
         for epoch in range(settings.epochs):
@@ -61,6 +69,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
+                    gradients.nonfinite_loss()
                     raise Diverged(phase, epoch + 1, step)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
@@ -71,7 +80,8 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 check_gradients(model, phase, epoch + 1, step)
                 if masks is not None:
                     masks.mask_grads()
-                clip_gradients(model, settings)
+                norm = grad_norm([p.grad for p in params if p.grad is not None])
+                gradients.step(norm, clip(params, norm, settings.max_norm, settings.max_value))
                 optimizer.step()
                 if settings.l1:
                     soft_threshold(weights, settings.l1 * optimizer.param_groups[0]["lr"])
@@ -84,6 +94,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                       "accuracy": correct.item() / len(data.train),
                       "lr": optimizer.param_groups[0]["lr"]}
             history.append(record)
+            gradients.end_epoch()
             if scheduler is not None:
                 scheduler.step()
             bar.update(task, advance=1,
@@ -100,11 +111,17 @@ def check_gradients(model: nn.Module, phase: str, epoch: int, step: int) -> None
         raise Diverged(phase, epoch, step, "gradient")
 
 
-def clip_gradients(model: nn.Module, settings: FitSettings) -> None:
-    if settings.max_value is not None:
-        nn.utils.clip_grad_value_(model.parameters(), settings.max_value)
-    if settings.max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), settings.max_norm)
+def leaf_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The trained tensors behind the prunable weights: under a forward-pass mask
+    (torch.nn.utils.parametrize, dynamic network surgery) that is the dense original."""
+    leaves = []
+    for name in prunable_weights(model):
+        module = model.get_submodule(name.rpartition(".")[0])
+        if parametrize.is_parametrized(module, "weight"):
+            leaves.append(module.parametrizations.weight.original)
+        else:
+            leaves.append(module.weight)
+    return leaves
 
 
 @torch.no_grad()

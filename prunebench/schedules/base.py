@@ -7,6 +7,7 @@ A schedule decides *when* masks change and calls `session.prune(amount)` and
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,9 @@ from torch import nn
 from prunebench import build, io
 from prunebench.data import Dataset, batches
 from prunebench.masks import Masks, sparsity_report
+from prunebench.schema import ConfigError
 from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.telemetry import GradientStats
 from prunebench.train import FitSettings, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,10 @@ class Session:
         self.events: list[dict] = []
         self.phases: dict[str, dict] = {}
         self.history: dict[str, list] = {}
+        self.gradients: dict[str, GradientStats] = {}
+        # weights to rewind to (lottery tickets): "init", and "epoch_<k>" when dense training
+        # kept that snapshot; filled by the runner
+        self.rewind_states: dict[str, dict[str, torch.Tensor]] = {}
         self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -56,15 +63,24 @@ class Session:
         if self.optimizer is not None:
             self.masks.clear_optimizer_state(self.optimizer)
         self.timing["prune_s"] += time.perf_counter() - start
-        sparsity = sparsity_report(self.model)["sparsity"]
+        self.log_event(pruned, recovered)
+
+    def log_event(self, pruned: int, recovered: int, sparsity: float | None = None) -> None:
+        """Keep one pruning event; sparsity is read off the weights unless given."""
+        if sparsity is None:
+            sparsity = sparsity_report(self.model)["sparsity"]
         self.events.append({"step": self.step, "sparsity": sparsity, "pruned": pruned,
                             "recovered": recovered})
-        log.info("pruned at step %d: sparsity %.4f (+%d pruned, %d recovered)", self.step,
-                 sparsity, pruned, recovered)
+        log.info("mask update at step %d: sparsity %.4f (+%d pruned, %d recovered)",
+                 self.step, sparsity, pruned, recovered)
 
     def finetune(self, epochs: int, on_step: Callable[[int], None] | None = None,
-                 phase: str = "finetune") -> None:
-        """Train the pruned model for `epochs` with masks held (lr scaled by lr_scale)."""
+                 phase: str = "finetune", hold_masks: bool = True) -> None:
+        """Train the pruned model for `epochs` with masks held (lr scaled by lr_scale).
+
+        `hold_masks=False` leaves weights and gradients unmasked: for schedules that mask in
+        the forward pass instead (dynamic network surgery).
+        """
         start = time.perf_counter()
         cfg = self.cfg
         self.optimizer = build.optimizer(cfg, self.model, cfg.finetune.lr_scale)
@@ -77,9 +93,14 @@ class Session:
                 on_step(step)
 
         history = fit(self.model, self.data, self.optimizer, scheduler, settings,
-                      self.generator, phase, self.masks, step_hook, first_step=self.step)
+                      self.generator, phase, self.masks if hold_masks else None, step_hook,
+                      first_step=self.step,
+                      gradients=self.gradients.setdefault(phase, GradientStats()))
         self.history.setdefault(phase, []).extend(history)
         self.timing["finetune_s"] += time.perf_counter() - start
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
 
     def record(self, phase: str) -> dict:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
@@ -95,6 +116,15 @@ class Schedule:
 
     def run(self, session: Session) -> None:
         raise NotImplementedError
+
+
+def require_amount(session: Session, schedule: str) -> float:
+    """The target sparsity; schedules that move toward a target need strategy.amount."""
+    amount = session.strategy.amount
+    if amount is None:
+        raise ConfigError(f"schedule={schedule} needs strategy.amount (a target sparsity), "
+                          f"not strategy.threshold")
+    return amount
 
 
 def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
