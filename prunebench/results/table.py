@@ -42,6 +42,8 @@ COLUMNS = [
     ("pruned_acc", "pruned acc", "{:.4f}"),
     ("final_acc", "final acc", "{:.4f}"),
     ("nonzero", "nonzero", "{:,}"),
+    ("grad_max", "max grad norm", "{:.3g}"),
+    ("clipped", "clipped", "{:.3f}"),
     ("params", "params", "{:,}"),
     ("train_s", "train s", "{:.1f}"),
     ("prune_s", "prune s", "{:.2f}"),
@@ -72,6 +74,7 @@ def row(results: dict, run: str) -> dict:
         "pruned_acc": results.get("pruned", {}).get("accuracy"),
         "final_acc": final.get("accuracy"),
         "nonzero": final.get("nonzero"),
+        **gradient_health(results.get("gradients") or {}),
         "params": final.get("params"),
         "train_s": timing.get("train_s"),
         "prune_s": timing.get("prune_s"),
@@ -79,6 +82,16 @@ def row(results: dict, run: str) -> dict:
         "total_s": timing.get("total_s"),
         "error": results.get("error", ""),
     }
+
+
+def gradient_health(gradients: dict) -> dict:
+    """Largest gradient norm and fraction of clipped steps over all training phases."""
+    phases = [p for p in gradients.values() if p and p.get("steps")]
+    norms = [p["norm_max"] for p in phases if p.get("norm_max") is not None]
+    steps = sum(p["steps"] for p in phases)
+    clipped = sum(p["clipped_fraction"] * p["steps"] for p in phases)
+    return {"grad_max": max(norms) if norms else None,
+            "clipped": clipped / steps if steps else None}
 
 
 def collect(root: str | Path) -> list[dict]:
