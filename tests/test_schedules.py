@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_module
 
-from conftest import ROOT, run_cli
 from prunebench import build
 from prunebench.schedules.base import Session
 from prunebench.schedules.dynamic import Dynamic, attach

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +49,17 @@ class Dynamic(Schedule):
 
         def on_step(step: int) -> None:
             t = step - first
-            if t % self.frequency == 0 and t < last:
-                start = time.perf_counter()
-                if self.variant == "dns":
-                    self.surgery(session)
-                else:
-                    regrow(session, self.alpha / 2 * (1 + math.cos(math.pi * t / last)))
-                session.model.train()
-                session.timing["prune_s"] += time.perf_counter() - start
+            if (t % self.frequency and t != last) or t > last:
+                return
+            start = time.perf_counter()
+            if self.variant == "rigl" and t < last:
+                regrow(session, self.alpha / 2 * (1 + math.cos(math.pi * t / last)))
+            elif self.variant == "dns" and t < last:
+                self.surgery(session)
+            elif self.variant == "dns":
+                self.settle(session)
+            session.model.train()
+            session.timing["prune_s"] += time.perf_counter() - start
 
         if self.variant == "dns":
             self.run_surgery(session, on_step)
@@ -96,20 +100,27 @@ class Dynamic(Schedule):
         session.record("pruned")
         with torch.no_grad():
             torch._foreach_copy_(list(masks.weights.values()), dense)
-        self.forward_masks = attach(session)
+        self.forward_masks, self.settled = attach(session), False
         try:
             session.finetune(session.cfg.finetune.epochs, on_step=on_step, hold_masks=False)
-            if session.strategy.amount is not None:  # land exactly on the target
-                keep = select_by_amount(scores(session), session.strategy.amount,
-                                        session.strategy.scope)
-                install(session, {n: k.to(masks.masks[n].dtype) for n, k in keep.items()},
-                        self.forward_masks)
+            if not self.settled:  # end = 0: no step reached it
+                self.settle(session)
         finally:  # bake the masks in: plain weights again, pruned ones exact zeros
             for name in self.forward_masks:
                 module = session.model.get_submodule(name.rpartition(".")[0])
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             self.forward_masks = {}
             masks.apply()
+
+    def settle(self, session: Session) -> None:
+        """At `end`: land exactly on strategy.amount (a final ranking of the dense weights);
+        the mask stays fixed from here and the remaining epochs train it."""
+        self.settled = True
+        if session.strategy.amount is None:
+            return
+        keep = select_by_amount(scores(session), session.strategy.amount, session.strategy.scope)
+        dtype = next(iter(session.masks.masks.values())).dtype
+        install(session, {n: k.to(dtype) for n, k in keep.items()}, self.forward_masks)
 
     def surgery(self, session: Session) -> None:
         strategy = session.strategy
@@ -151,8 +162,10 @@ def install(session: Session, new: dict[str, Tensor],
 
 def scores(session: Session) -> dict[str, Tensor]:
     """The strategy's scores of the (dense) weights, whatever the current masks."""
+    ctx = replace(session.context(), model=session.model, masks=session.masks.masks,
+                  amount=session.strategy.amount)
     with torch.enable_grad():
-        raw = session.strategy.score(dict(session.masks.weights), session.context())
+        raw = session.strategy.score(dict(session.masks.weights), ctx)
     return {n: s.detach().float() for n, s in raw.items()}
 
 
