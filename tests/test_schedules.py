@@ -186,3 +186,14 @@ def test_every_schedule_runs_with_every_strategy(tmp_path, schedule):
         assert target - 1e-12 <= results["final"]["sparsity"] <= target + 0.01
         for phase in ("dense", "pruned", "final"):
             assert 0 <= results[phase]["accuracy"] <= 1
+
+
+def test_gradient_explosion_preset_composes_its_sweep_and_runs(cli, tmp_path):
+    hydra_cfg = run_cli(["+experiment=gradient_explosion", "--cfg", "hydra"], cwd=tmp_path).stdout
+    assert "train.grad_clip.max_norm: null,1.0" in hydra_cfg
+    results, _ = cli(["+experiment=gradient_explosion", "finetune.epochs=1", "schedule.end=1",
+                      "schedule.frequency=5", "train.grad_clip.max_norm=1.0"], fast=False)
+    assert results["status"] == "ok"
+    assert results["config"]["model"]["hidden"] == [256] * 8
+    gradients = results["gradients"]["finetune"]
+    assert gradients["steps"] > 0 and 0 <= gradients["clipped_fraction"] <= 1
