@@ -60,10 +60,10 @@ class Units:
                    for out in node.outputs)
         return node.module, relu
 
-    def slices(self, weight: str, unit: int) -> list[Slice]:
-        """Every parameter slice removed with one unit of `weight`'s layer."""
+    def slices(self, weight: str, units: list[int]) -> list[Slice]:
+        """Every parameter slice removed with these units of `weight`'s layer."""
         out = []
-        for item in self.group(weight, [unit]).items:
+        for item in self.group(weight, units).items:
             module = item.dep.target.module
             if not has_params(module):
                 continue
@@ -75,6 +75,18 @@ class Units:
                 if dim == 0 or pname == "weight":  # input columns live in the weight only
                     out.append(Slice(prefix + pname, dim, index))
         return out
+
+    def zero_units(self, weight: str, params: dict[str, Tensor]) -> Tensor:
+        """Which units of `weight`'s layer output exactly zero: weight row, bias and norm
+        scale and shift all zero (for a removable layer these are indexed like its units)."""
+        size = self.layers[weight].weight.shape[0]
+        zero = torch.ones(size, dtype=torch.bool)
+        for s in self.slices(weight, list(range(size))):
+            if s.dim == 0:
+                index = torch.tensor(s.index)
+                rows = params[s.param].detach().cpu().index_select(0, index).reshape(len(index), -1)
+                zero[index] &= (rows == 0).all(1)
+        return zero
 
 
 def has_params(module) -> bool:
@@ -136,8 +148,10 @@ def unit_masks(units: Units, keep: dict[str, Tensor], params: dict[str, Tensor]
     """Masks (ones where kept) for every parameter touched by removing the units not kept."""
     masks: dict[str, Tensor] = {}
     for weight, kept in keep.items():
-        for unit in torch.nonzero(~kept.bool()).flatten().tolist():
-            for s in units.slices(weight, unit):
-                mask = masks.setdefault(s.param, torch.ones_like(params[s.param]))
-                mask.index_fill_(s.dim, torch.tensor(s.index, device=mask.device), 0)
+        removed = torch.nonzero(~kept.bool()).flatten().tolist()
+        if not removed:
+            continue
+        for s in units.slices(weight, removed):
+            mask = masks.setdefault(s.param, torch.ones_like(params[s.param]))
+            mask.index_fill_(s.dim, torch.tensor(s.index, device=mask.device), 0)
     return masks
