@@ -7,9 +7,12 @@ model's outputs (1e-5) with exactly as many parameters as the masked model has n
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -250,3 +253,34 @@ def test_cli_l2_writes_compact_model_that_loads_and_matches(cli):
     x = next(batches(data, data.test, 256))[0]
     with torch.no_grad():
         torch.testing.assert_close(small.eval()(x), masked.eval()(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_compaction_on_the_project_models(name):
+    if not (ROOT / "conf" / "model" / f"{name}.yaml").exists():
+        pytest.skip(f"model {name} not in this checkout")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("prunebench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    shape = (1, 8, 8)
+    data = SimpleNamespace(input_shape=shape, num_classes=10)
+    torch.manual_seed(0)
+    model = build.model(cfg, data)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # not the identity: random scale, shift, statistics
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    with torch.no_grad():
+        model.train()(torch.randn(16, *shape))
+    model.eval()
+    prune_units(model, l1_units(scope="layer"), 0.5)
+    x = torch.randn(8, *shape)
+    small, recipe = compact.compact(model, x[:2])
+    with torch.no_grad():
+        y = model(x)
+        torch.testing.assert_close(small.eval()(x), y, rtol=0, atol=1e-5 * float(y.abs().max()))
+    assert sum(p.numel() for p in small.parameters()) == nonzero_params(model)
+    assert all(kept == total - round(total / 2) for kept, total in recipe["widths"].values())
+    if name == "resnet20":  # block outputs are summed with the shortcut: only conv1s shrink
+        assert set(recipe["widths"]) == {f"stages.{i}.conv1.weight" for i in range(9)}
