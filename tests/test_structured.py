@@ -284,3 +284,14 @@ def test_compaction_on_the_project_models(name):
     assert all(kept == total - round(total / 2) for kept, total in recipe["widths"].values())
     if name == "resnet20":  # block outputs are summed with the shortcut: only conv1s shrink
         assert set(recipe["widths"]) == {f"stages.{i}.conv1.weight" for i in range(9)}
+
+
+def test_cli_gradual_schedule_reaches_the_unit_target(cli):
+    # gradual prunes toward amount in steps; at neuron granularity amount counts units, so
+    # the schedule must compare amounts, not the (higher) weight sparsity they leave
+    results, _ = cli(["strategy=l2", "schedule=gradual", "finetune.epochs=2", "schedule.end=1",
+                      "schedule.frequency=5"])
+    assert results["status"] == "ok"
+    assert len(results["events"]) > 1
+    assert results["events"][-1]["amount"] == 0.5
+    assert results["compact"]["widths"] == {"1.weight": [128, 256], "3.weight": [64, 128]}

@@ -63,14 +63,16 @@ class Session:
         if self.optimizer is not None:
             self.masks.clear_optimizer_state(self.optimizer)
         self.timing["prune_s"] += time.perf_counter() - start
-        self.log_event(pruned, recovered)
+        self.log_event(pruned, recovered, amount=amount)
 
-    def log_event(self, pruned: int, recovered: int, sparsity: float | None = None) -> None:
-        """Keep one pruning event; sparsity is read off the weights unless given."""
+    def log_event(self, pruned: int, recovered: int, sparsity: float | None = None,
+                  amount: float | None = None) -> None:
+        """Keep one pruning event (with the amount asked for, if any); sparsity is read off
+        the weights unless given."""
         if sparsity is None:
             sparsity = sparsity_report(self.model)["sparsity"]
-        self.events.append({"step": self.step, "sparsity": sparsity, "pruned": pruned,
-                            "recovered": recovered})
+        self.events.append({"step": self.step, "amount": amount, "sparsity": sparsity,
+                            "pruned": pruned, "recovered": recovered})
         log.info("mask update at step %d: sparsity %.4f (+%d pruned, %d recovered)",
                  self.step, sparsity, pruned, recovered)
 

@@ -67,7 +67,11 @@ class Gradual(Schedule):
 
 
 def prune_to(session: Session, sparsity: float) -> None:
-    """Prune to `sparsity` unless the model is there already (the cubic starts flat at 0)."""
-    done = session.events[-1]["sparsity"] if session.events else 0.0
+    """Prune to `sparsity` unless the model is there already (the cubic starts flat at 0).
+
+    "There" is the last amount asked for: with granularity=neuron amount counts units, and
+    the weight sparsity it leaves is higher.
+    """
+    done = session.events[-1]["amount"] if session.events else 0.0
     if sparsity > done:
         session.prune(sparsity)
