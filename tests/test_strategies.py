@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
-TINY = ["train.epochs=1", "finetune.epochs=0"]  # strategies' own settings stay at defaults
+TINY = ["train.epochs=1", "finetune.epochs=0", "train.threads=1"]  # strategy keys: defaults
 
 
 def sweep(tmp_path, *overrides: str) -> tuple[list[dict], list[dict]]:
