@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -48,8 +49,9 @@ def key(cfg: DictConfig, device: torch.device) -> str:
 
 def rewind_epoch(cfg: DictConfig) -> int:
     """k of `schedule.rewind=epoch_<k>` (lottery-ticket rewinding to epoch k), else 0."""
-    rewind = str(OmegaConf.select(cfg, "schedule.rewind", default=None) or "none")
-    return int(rewind.removeprefix("epoch_")) if rewind.startswith("epoch_") else 0
+    match = re.fullmatch(r"epoch_(\d+)", str(OmegaConf.select(cfg, "schedule.rewind",
+                                                                default=None)))
+    return int(match.group(1)) if match else 0
 
 
 def load_or_train(directory: str | Path, entry_key: str,

@@ -72,6 +72,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
     strategy, schedule = build.strategy(cfg), build.schedule(cfg)
+    schedule.check(cfg, data)
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()

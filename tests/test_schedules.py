@@ -197,3 +197,18 @@ def test_gradient_explosion_preset_composes_its_sweep_and_runs(cli, tmp_path):
     assert results["config"]["model"]["hidden"] == [256] * 8
     gradients = results["gradients"]["finetune"]
     assert gradients["steps"] > 0 and 0 <= gradients["clipped_fraction"] <= 1
+
+
+def test_dns_with_a_threshold_and_schedules_that_need_an_amount(cli, tmp_path):
+    results, _ = cli([*SYNTHETIC, "schedule=dynamic", "schedule.end=1", "schedule.frequency=2",
+                      "strategy.amount=null", "strategy.threshold=0.05"])
+    assert results["status"] == "ok"
+    assert 0 < results["final"]["sparsity"] < 1
+    assert results["final"]["sparsity"] == pytest.approx(results["events"][-1]["sparsity"])
+    for schedule in ("iterative", "gradual"):
+        proc = run_cli([f"hydra.run.dir={tmp_path / schedule}", f"cache.dir={tmp_path / 'c'}",
+                        *SYNTHETIC, "train.epochs=1", f"schedule={schedule}",
+                        "strategy.amount=null", "strategy.threshold=0.05"],
+                       cwd=tmp_path, check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode != 0 and len(lines) == 1 and "strategy.amount" in lines[0]

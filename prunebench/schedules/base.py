@@ -102,7 +102,7 @@ class Session:
         self.timing["finetune_s"] += time.perf_counter() - start
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
+        return steps_per_epoch(self.cfg, self.data)
 
     def record(self, phase: str) -> dict:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
@@ -116,13 +116,20 @@ class Schedule:
     def __init__(self, name: str):
         self.name = name
 
+    def check(self, cfg: DictConfig, data: Dataset) -> None:
+        """Raise ConfigError on settings this schedule cannot run, before any training."""
+
     def run(self, session: Session) -> None:
         raise NotImplementedError
 
 
-def require_amount(session: Session, schedule: str) -> float:
+def steps_per_epoch(cfg: DictConfig, data: Dataset) -> int:
+    return math.ceil(len(data.train) / cfg.train.batch_size)
+
+
+def require_amount(cfg: DictConfig, schedule: str) -> float:
     """The target sparsity; schedules that move toward a target need strategy.amount."""
-    amount = session.strategy.amount
+    amount = cfg.strategy.amount
     if amount is None:
         raise ConfigError(f"schedule={schedule} needs strategy.amount (a target sparsity), "
                           f"not strategy.threshold")

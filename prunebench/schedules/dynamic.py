@@ -25,9 +25,11 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunebench.data import Dataset
 from prunebench.schedules.base import Schedule, Session, require_amount
 from prunebench.schema import ConfigError
 from prunebench.strategies.base import select_by_amount
@@ -44,7 +46,6 @@ class Dynamic(Schedule):
         self.forward_masks: dict[str, ForwardMask] = {}  # attached while DNS trains
 
     def run(self, session: Session) -> None:
-        self.check(session)
         first, last = session.step, round(self.end * session.steps_per_epoch())
 
         def on_step(step: int) -> None:
@@ -64,12 +65,12 @@ class Dynamic(Schedule):
         if self.variant == "dns":
             self.run_surgery(session, on_step)
         else:
-            session.prune(require_amount(session, self.name))
+            session.prune(require_amount(session.cfg, self.name))
             session.record("pruned")  # 'pruned': one-shot to the target, before any training
             session.finetune(session.cfg.finetune.epochs, on_step=on_step)
 
-    def check(self, session: Session) -> None:
-        epochs, strategy = session.cfg.finetune.epochs, session.strategy
+    def check(self, cfg: DictConfig, data: Dataset) -> None:
+        epochs, strategy = cfg.finetune.epochs, cfg.strategy
         if self.variant not in VARIANTS:
             raise ConfigError(f"schedule.variant={self.variant} is invalid: allowed "
                               f"{', '.join(VARIANTS)}")
@@ -87,7 +88,7 @@ class Dynamic(Schedule):
         if not 0 < self.alpha <= 1:
             raise ConfigError(f"schedule.alpha={self.alpha} is invalid: allowed 0 < alpha <= 1")
         if self.variant == "rigl":
-            require_amount(session, self.name)
+            require_amount(cfg, self.name)
 
     # --- dynamic network surgery -------------------------------------------------------
     def run_surgery(self, session: Session, on_step) -> None:

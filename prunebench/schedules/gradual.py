@@ -9,7 +9,10 @@ fast at first, while there are redundant weights, slow near the target.
 
 from __future__ import annotations
 
-from prunebench.schedules.base import Schedule, Session, require_amount
+from omegaconf import DictConfig
+
+from prunebench.data import Dataset
+from prunebench.schedules.base import Schedule, Session, require_amount, steps_per_epoch
 from prunebench.schema import ConfigError
 
 
@@ -27,9 +30,12 @@ class Gradual(Schedule):
         super().__init__(name)
         self.initial, self.start, self.end, self.frequency = initial, start, end, frequency
 
+    def check(self, cfg: DictConfig, data: Dataset) -> None:
+        self.plan(cfg, steps_per_epoch(cfg, data))
+
     def run(self, session: Session) -> None:
-        target = require_amount(session, self.name)
-        t0, n = self.plan(session, target)
+        target = require_amount(session.cfg, self.name)
+        t0, n = self.plan(session.cfg, session.steps_per_epoch())
         first = session.step
 
         def on_step(step: int) -> None:
@@ -45,9 +51,9 @@ class Gradual(Schedule):
             prune_to(session, self.initial)
         session.finetune(session.cfg.finetune.epochs, on_step=on_step)
 
-    def plan(self, session: Session, target: float) -> tuple[int, int]:
+    def plan(self, cfg: DictConfig, steps: int) -> tuple[int, int]:
         """(first pruning step t0, number of increments n), checked against the phase."""
-        epochs = session.cfg.finetune.epochs
+        target, epochs = require_amount(cfg, self.name), cfg.finetune.epochs
         if not 0 <= self.initial <= target:
             raise ConfigError(f"schedule.initial={self.initial} is invalid: allowed "
                               f"0 <= initial <= strategy.amount ({target})")
@@ -57,7 +63,6 @@ class Gradual(Schedule):
         if not isinstance(self.frequency, int) or self.frequency < 1:
             raise ConfigError(f"schedule.frequency={self.frequency} is invalid: allowed an "
                               f"integer number of steps >= 1")
-        steps = session.steps_per_epoch()
         t0, t_end = round(self.start * steps), round(self.end * steps)
         n = (t_end - t0) // self.frequency
         if n < 1:

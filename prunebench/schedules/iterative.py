@@ -9,6 +9,10 @@ al. 2020) after every pruning step, and the fine-tuning that follows retrains th
 
 from __future__ import annotations
 
+from omegaconf import DictConfig
+
+from prunebench.cache import rewind_epoch
+from prunebench.data import Dataset
 from prunebench.schedules.base import Schedule, Session, require_amount
 from prunebench.schema import ConfigError
 
@@ -25,13 +29,17 @@ class Iterative(Schedule):
         super().__init__(name)
         self.rounds, self.rewind, self.epochs_per_round = rounds, str(rewind), epochs_per_round
 
-    def run(self, session: Session) -> None:
-        target = require_amount(session, self.name)
+    def check(self, cfg: DictConfig, data: Dataset) -> None:
+        require_amount(cfg, self.name)
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"schedule.rounds={self.rounds} is invalid: allowed an integer >= 1")
-        if self.rewind != "none" and self.rewind not in session.rewind_states:
+        k = rewind_epoch(cfg)
+        if self.rewind not in ("none", "init") and not 1 <= k <= cfg.train.epochs:
             raise ConfigError(f"schedule.rewind={self.rewind} is invalid: allowed none, init "
                               f"or epoch_<k> with 1 <= k <= train.epochs")
+
+    def run(self, session: Session) -> None:
+        target = require_amount(session.cfg, self.name)
         epochs = self.epochs_per_round
         if epochs is None:
             epochs = session.cfg.finetune.epochs
