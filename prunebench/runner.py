@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import build, cache, io, schema
+from prunebench import build, cache, flops, io, schema
 from prunebench.schedules.base import Session, fit_settings
 from prunebench.telemetry import GradientStats
 from prunebench.train import Diverged, evaluate, fit
@@ -71,6 +71,9 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
     data = build.dataset(cfg).to(device)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
+    log.info("%s: %s parameters, %s MACs per image", cfg.model.name,
+             f"{sum(p.numel() for p in model.parameters()):,}",
+             f"{flops.count(model, data.input_shape)['flops']:,}")
     strategy, schedule = build.strategy(cfg), build.schedule(cfg)
     schedule.check(cfg, data)
 

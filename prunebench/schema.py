@@ -8,6 +8,7 @@ from prunebench.strategies.base import GRANULARITIES, SCOPES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("none", "cosine", "step")
+AMP_MODES = (None, "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ def check(cfg: DictConfig) -> None:
     _number(cfg, "finetune.lr_scale", low=0, low_open=True, allowed="a number > 0")
     _number(cfg, "optimizer.lr", low=0, low_open=True, allowed="a number > 0")
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    amp = _get(cfg, "train.amp")
+    if amp not in AMP_MODES:
+        raise ConfigError(f"train.amp={amp} is invalid: allowed null, bf16, fp16")
+    _choice(cfg, "train.compile", (True, False))
     for key in ("train.grad_clip.max_norm", "train.grad_clip.max_value"):
         _number(cfg, key, low=0, low_open=True, optional=True, allowed="null or a number > 0")
     for key in ("train.regularization.l1", "train.regularization.l2"):

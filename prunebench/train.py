@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunebench import precision
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
 from prunebench.masks import Masks, prunable_weights
@@ -43,6 +44,8 @@ class FitSettings:
     max_value: float | None = None
     l1: float = 0.0
     l2: float = 0.0
+    amp: str | None = None  # bf16 | fp16: autocast on CUDA (precision.py)
+    compile: bool = False  # torch.compile the model for the training steps
 
 
 def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
@@ -58,6 +61,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     weights = leaf_weights(model)
     params = [p for p in model.parameters() if p.requires_grad]
     gradients = gradients if gradients is not None else GradientStats()
+    use_amp = precision.amp_enabled(settings.amp, data.train.y.device)
+    scaler = precision.grad_scaler(settings.amp, use_amp)
+    step_model = precision.compiled(model, settings.compile)
     with progress() as bar:
         task = bar.add_task(phase, total=settings.epochs, status="")
         for epoch in range(settings.epochs):
@@ -66,8 +72,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             correct = torch.zeros((), dtype=torch.long, device=data.train.y.device)
             for x, y in batches(data, data.train, settings.batch_size, shuffle=True,
                                 generator=generator, train=True):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                with precision.autocast(settings.amp, use_amp):
+                    logits = step_model(x)
+                    loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
                     gradients.nonfinite_loss()
                     raise Diverged(phase, epoch + 1, step)
@@ -76,13 +83,16 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 if settings.l2:
                     loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                check_gradients(model, phase, epoch + 1, step)
+                scaler.scale(loss).backward()
+                if not scaler.is_enabled():  # an fp16 overflow is the scaler's to skip
+                    check_gradients(model, phase, epoch + 1, step)
                 if masks is not None:
                     masks.mask_grads()
+                scaler.unscale_(optimizer)  # the norm and clipping see true gradients
                 norm = grad_norm([p.grad for p in params if p.grad is not None])
                 gradients.step(norm, clip(params, norm, settings.max_norm, settings.max_value))
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 if settings.l1:
                     soft_threshold(weights, settings.l1 * optimizer.param_groups[0]["lr"])
                 if masks is not None:

@@ -26,16 +26,18 @@ def images(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.nd
     return x, labels
 
 
-def write_idx(folder: Path, n_train: int = 64, n_test: int = 32) -> dict:
-    """The four .gz IDX files; returns the arrays written, keyed like the cache file."""
+def write_idx(folder: Path, n_train: int = 64, n_test: int = 32, gz: bool = True) -> dict:
+    """The four IDX files (.gz as distributed, or as torchvision keeps them unpacked);
+    returns the arrays written, keyed like the cache file."""
+    opener, suffix = (gzip.open, ".gz") if gz else (open, "")
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         x, y = images(n, (28, 28), seed)
         prefix = IDX_NAMES[split]
-        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        with opener(folder / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as f:
             f.write(struct.pack(">IIII", 0x803, n, 28, 28) + x.tobytes())
-        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        with opener(folder / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + y.tobytes())
         written[f"{split}_x"], written[f"{split}_y"] = x[:, None], y
     return written

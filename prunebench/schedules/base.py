@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from prunebench import build, io
+from prunebench import build, flops, io
 from prunebench.data import Dataset, batches
 from prunebench.masks import Masks, sparsity_report
 from prunebench.schema import ConfigError
@@ -107,6 +107,7 @@ class Session:
     def record(self, phase: str) -> dict:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
         metrics = evaluate(self.model, self.data, self.data.test) | sparsity_report(self.model)
+        metrics |= flops.count(self.model, self.data.input_shape)  # MACs per image
         self.phases[phase] = metrics
         save_checkpoint(self.model, self.out_dir, phase)
         return metrics
@@ -140,7 +141,8 @@ def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=cfg.train.batch_size,
                        max_norm=cfg.train.grad_clip.max_norm,
                        max_value=cfg.train.grad_clip.max_value,
-                       l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2)
+                       l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2,
+                       amp=cfg.train.get("amp"), compile=cfg.train.get("compile", False))
 
 
 def save_checkpoint(model: nn.Module, out_dir: Path, phase: str) -> None:

@@ -1,0 +1,128 @@
+"""One epoch of LeNet-300-100 on Fashion-MNIST three ways, in one process, as ratios:
+
+  prunebench   train.fit over the uint8 in-memory dataset (normalized per batch)
+  (a) minimal  a hand-written loop over float tensors prepared in memory beforehand
+  (b) textbook torchvision FashionMNIST + ToTensor/Normalize + DataLoader(batch_size=64)
+
+Goals: prunebench within 1.15x of (a), at least 8x faster than (b). Then training throughput
+(images/s) of LeNet-5 and ResNet-20 through train.fit. Each timing is the best of --repeats
+runs, interleaved, so other load on the machine hits all three alike.
+
+    python scripts/bench_data.py [--source-dir /usr/share/datasets/fashion-mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from prunebench.data import Split, vision
+from prunebench.models.lenet5 import LeNet5
+from prunebench.models.mlp import MLP
+from prunebench.models.resnet import CifarResNet
+from prunebench.train import FitSettings, fit
+
+BATCH = 64
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                           weight_decay=5e-4)
+
+
+def lenet300(data):
+    torch.manual_seed(0)
+    return MLP(data.input_shape, data.num_classes, (300, 100))
+
+
+def epoch_prunebench(data) -> float:
+    model = lenet300(data)
+    start = time.perf_counter()
+    fit(model, data, sgd(model), None, FitSettings(epochs=1, batch_size=BATCH),
+        torch.Generator().manual_seed(0), "bench")
+    return time.perf_counter() - start
+
+
+def epoch_minimal(data) -> float:
+    x = (data.train.x.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
+    y = data.train.y
+    model = lenet300(data)
+    optimizer = sgd(model)
+    start = time.perf_counter()
+    order = torch.randperm(len(y))
+    for i in range(0, len(y), BATCH):
+        idx = order[i:i + BATCH]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def epoch_textbook(data, root: str) -> float:
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize((0.2860,), (0.3530,))])
+    loader = DataLoader(datasets.FashionMNIST(root, train=True, transform=transform),
+                        batch_size=BATCH, shuffle=True)
+    model = lenet300(data)
+    optimizer = sgd(model)
+    start = time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def throughput(name, model, data, images: int, batch: int) -> float:
+    subset = replace(data, train=Split(data.train.x[:images], data.train.y[:images]))
+    fit(model, subset, sgd(model), None, FitSettings(epochs=1, batch_size=batch),
+        torch.Generator().manual_seed(0), "warm-up")
+    start = time.perf_counter()
+    fit(model, subset, sgd(model), None, FitSettings(epochs=1, batch_size=batch),
+        torch.Generator().manual_seed(0), name)
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source-dir", default=None, help="folder with the .gz IDX files")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as root:
+        data = vision.load("fashion_mnist", root=root, source_dir=args.source_dir,
+                           val_fraction=0)
+        print(f"Fashion-MNIST: {len(data.train)} training images, batch {BATCH}, "
+              f"{torch.get_num_threads()} torch threads")
+        times = {"prunebench": [], "minimal": [], "textbook": []}
+        for _ in range(args.repeats):
+            times["prunebench"].append(epoch_prunebench(data))
+            times["minimal"].append(epoch_minimal(data))
+            times["textbook"].append(epoch_textbook(data, root))
+        best = {k: min(v) for k, v in times.items()}
+        for k, v in best.items():
+            print(f"  {k:<11} {v:7.2f} s/epoch  (runs: {', '.join(f'{t:.2f}' for t in times[k])})")
+        print(f"prunebench / (a) minimal  = {best['prunebench'] / best['minimal']:.3f}x "
+              f"(goal <= 1.15)")
+        print(f"(b) textbook / prunebench = {best['textbook'] / best['prunebench']:.1f}x "
+              f"(goal >= 8)")
+
+        for name, model, images, batch in (
+                ("LeNet-5", LeNet5(data.input_shape, 10), 8192, 128),
+                ("ResNet-20", CifarResNet(data.input_shape, 10, depth=20), 2048, 128)):
+            rate = throughput(name, model, data, images, batch)
+            print(f"{name} training: {rate:,.0f} images/s (28x28, batch {batch})")
+
+
+if __name__ == "__main__":
+    main()
