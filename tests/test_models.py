@@ -82,7 +82,9 @@ PUBLISHED_PARAMS = [  # (model config, overrides, input shape, parameters in the
     ("lenet5", [], (1, 28, 28), 431_080),  # Han et al. 2015: 431K
     ("resnet", [], (3, 32, 32), 269_722),  # He et al. 2016: 0.27M
     ("resnet56", [], (3, 32, 32), 853_018),  # He et al. 2016: 0.85M
-    ("resnet", ["model.depth=110"], (3, 32, 32), 1_730_714),  # He et al. 2016: 1.7M
+    # 6n+2 by hand, n=18: stem 432+32, stage 1 18*4672, stage 2 13952+17*18560,
+    # stage 3 55552+17*73984, fc 650
+    ("resnet", ["model.depth=110"], (3, 32, 32), 1_727_962),  # He et al. 2016: 1.7M
     ("vgg16", [], (3, 32, 32), 14_724_042),  # Li et al. 2017: 1.5e7
     ("resnet18", [], (3, 32, 32), 11_173_962),  # torchvision's 11.69M less the 7x7 stem
 ]
