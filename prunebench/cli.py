@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import signal
 import sys
 from importlib import resources
 
@@ -46,13 +48,18 @@ def main() -> None:
     message = check_choices(sys.argv[1:])
     if message:
         sys.exit(f"prunebench: error: {message}")
-    task()
+    try:
+        task()
+    except KeyboardInterrupt:  # die by SIGINT, as shells and schedulers expect
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunebench.conf", config_name="config")
 def task(cfg: DictConfig) -> float | None:
     from prunebench import runner  # torch loads here, after Hydra has parsed the command line
     from prunebench.results import table
+    from prunebench.resume import Interrupted, stop_on_signals
     from prunebench.schema import ConfigError
 
     hydra_cfg = HydraConfig.get()
@@ -60,7 +67,14 @@ def task(cfg: DictConfig) -> float | None:
     # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
     # the sweep; nan tells sweepers such as optuna that the trial failed
     try:
-        results = runner.run(cfg, hydra_cfg.runtime.output_dir)
+        with stop_on_signals():
+            results = runner.run(cfg, hydra_cfg.runtime.output_dir)
+    except Interrupted as err:
+        print(f"prunebench: {err}; the same command (same run folder) resumes it",
+              file=sys.stderr)
+        if err.signum == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        sys.exit(128 + err.signum)
     except ConfigError as err:
         if sweep:
             log.error("config error: %s", err)

@@ -44,3 +44,7 @@ def copy_file(src: str | Path, dst: str | Path, *, gunzip: bool = False) -> None
     opener = gzip.open if gunzip else open
     with opener(src, "rb") as source:
         _atomic(Path(dst), lambda f: shutil.copyfileobj(source, f, 1 << 20))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

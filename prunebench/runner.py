@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import build, cache, flops, io, schema
+from prunebench import build, cache, flops, io, resume, schema
 from prunebench.schedules.base import Session, fit_settings
 from prunebench.telemetry import GradientStats
 from prunebench.train import Diverged, evaluate, fit
@@ -27,9 +27,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
     partial: dict = {}  # what the pipeline finished before a failure, kept in results.json
+    state = resume.RunState(cfg, out_dir)
     try:
         schema.check(cfg)
-        results |= pipeline(cfg, out_dir, partial)
+        finished = state.open(cfg.resume, out_dir / "results.json")
+        if finished is not None:
+            results = finished
+            return results
+        results |= pipeline(cfg, out_dir, partial, state)
         results["status"] = "ok"
     except Diverged as err:
         results |= partial_results(partial) | {
@@ -37,6 +42,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step,
                          "what": err.what}}
         log.error("%s", err)
+    except (resume.Interrupted, KeyboardInterrupt) as err:
+        results |= partial_results(partial) | {"status": "interrupted", "error": repr(err)}
+        raise
     except Exception as err:
         results |= partial_results(partial)
         results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -44,6 +52,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise
     finally:
         io.write_json(out_dir / "results.json", results)
+        if results["status"] in resume.FINISHED:
+            state.finish()
     return results
 
 
@@ -63,7 +73,7 @@ def gradient_summaries(partial: dict) -> dict:
             **({p: g.summary() for p, g in session.gradients.items()} if session else {})}
 
 
-def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
+def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunState) -> dict:
     start = time.perf_counter()
     device = build.device(cfg.device)
     if cfg.train.threads:
@@ -79,16 +89,23 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
-    dense, cache_hit = dense_weights(cfg, model, data, device, partial)
+    resumed = state.take("session")
+    if resumed is not None:  # dense training finished before the interruption
+        dense, cache_hit = resumed["dense"], resumed["cache_hit"]
+    else:
+        dense, cache_hit = dense_weights(cfg, model, data, device, partial, state)
     partial["train_gradients"] = dense.get("gradients")
+    state.carry = {"dense": dense, "cache_hit": cache_hit}
     model.load_state_dict(dense["state_dict"])
     train_s = time.perf_counter() - train_start
 
     session = Session(cfg, model, data, strategy, out_dir)
+    session.replay = resume.Replay(state)
     partial["session"] = session
     session.rewind_states = {"init": init_state, **dense.get("snapshots", {})}
     session.record("dense")
     schedule.run(session)
+    session.replay.check_done()
     session.record("final")
     compacted = {}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
@@ -106,7 +123,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict) -> dict:
     }
 
 
-def dense_weights(cfg: DictConfig, model, data, device, partial: dict) -> tuple[dict, bool]:
+def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
+                  run_state: resume.RunState) -> tuple[dict, bool]:
     """Train the dense model, or load it from the cache; returns (entry, cache hit)."""
 
     def train() -> dict:
@@ -123,9 +141,20 @@ def dense_weights(cfg: DictConfig, model, data, device, partial: dict) -> tuple[
                 snapshots[f"epoch_{cache.rewind_epoch(cfg)}"] = {
                     k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-        history = fit(model, data, optimizer, scheduler, fit_settings(cfg, cfg.train.epochs),
-                      generator, "train", on_step=keep_snapshot if snapshot_step else None,
-                      gradients=gradients)
+        start_epoch, prefix = 0, []
+        saved = run_state.take("train")
+        if saved is not None:  # interrupted: continue from its last epoch start
+            resume.restore_training(saved, model, optimizer, scheduler, generator)
+            start_epoch, prefix = saved["epoch"], saved["history"]
+            gradients = resume.restored_stats(saved["gradients"])
+            partial["train_gradients"] = gradients
+            snapshots.update(saved["snapshots"])
+        history = prefix + fit(
+            model, data, optimizer, scheduler, fit_settings(cfg, cfg.train.epochs), generator,
+            "train", on_step=keep_snapshot if snapshot_step else None, gradients=gradients,
+            start_epoch=start_epoch,
+            on_epoch=resume.dense_saver(run_state, model, optimizer, scheduler, generator,
+                                        prefix, gradients, snapshots))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         log.info("dense: test accuracy %.4f", evaluate(model, data, data.test)["accuracy"])
         return {"state_dict": state, "history": history, "gradients": gradients.summary(),

@@ -44,6 +44,7 @@ def check(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad value."""
     _number(cfg, "seed", integer=True, allowed="an integer")
     _choice(cfg, "device", DEVICES)
+    _choice(cfg, "resume", ("auto", True, False))
     _number(cfg, "train.epochs", low=0, integer=True, allowed="an integer >= 0")
     _number(cfg, "train.batch_size", low=1, integer=True, allowed="an integer >= 1")
     _number(cfg, "finetune.epochs", low=0, integer=True, allowed="an integer >= 0")

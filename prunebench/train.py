@@ -19,6 +19,7 @@ from prunebench import precision
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
 from prunebench.masks import Masks, prunable_weights
+from prunebench.resume import stop_if_requested
 from prunebench.telemetry import GradientStats, clip, grad_norm
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,13 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, settings: FitSettings,
         generator: torch.Generator, phase: str, masks: Masks | None = None,
         on_step: Callable[[int], None] | None = None, first_step: int = 0,
-        gradients: GradientStats | None = None) -> list[dict]:
+        gradients: GradientStats | None = None, start_epoch: int = 0,
+        on_epoch: Callable[[int, list], None] | None = None) -> list[dict]:
     """Train `settings.epochs` epochs; returns one {epoch, loss, accuracy, lr} per epoch.
 
     `gradients` collects the per-step gradient norm (before clipping) and clip flags.
+    `on_epoch(epoch, history)` runs at each epoch start (the resume checkpoint); a stop signal
+    ends training after the current step, and a resumed run starts at `start_epoch`.
     """
     history, step = [], first_step
     weights = leaf_weights(model)
@@ -64,8 +68,10 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     scaler = precision.grad_scaler(settings.amp, use_amp)
     step_model = precision.compiled(model, settings.compile)
     with progress() as bar:
-        task = bar.add_task(phase, total=settings.epochs, status="")
-        for epoch in range(settings.epochs):
+        task = bar.add_task(phase, total=settings.epochs, completed=start_epoch, status="")
+        for epoch in range(start_epoch, settings.epochs):
+            if on_epoch is not None:
+                on_epoch(epoch, history)
             model.train()
             loss_sum = torch.zeros((), device=data.train.y.device)
             correct = torch.zeros((), dtype=torch.long, device=data.train.y.device)
@@ -99,6 +105,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 step += 1
                 if on_step is not None:
                     on_step(step)
+                stop_if_requested()
             record = {"epoch": epoch + 1, "loss": loss_sum.item() / len(data.train),
                       "accuracy": correct.item() / len(data.train),
                       "lr": optimizer.param_groups[0]["lr"]}

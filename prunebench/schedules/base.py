@@ -20,6 +20,7 @@ from torch import nn
 from prunebench import build, flops, io
 from prunebench.data import Dataset, batches
 from prunebench.masks import Masks, sparsity_report
+from prunebench.resume import Replay
 from prunebench.schema import ConfigError
 from prunebench.strategies.base import PruneContext, Strategy
 from prunebench.telemetry import GradientStats
@@ -45,6 +46,7 @@ class Session:
         self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
 
     def context(self) -> PruneContext:
         def train_batches():
@@ -55,6 +57,8 @@ class Session:
 
     def prune(self, amount: float | None) -> None:
         """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
+        if self.replay.active:
+            return self.replay.event(self)
         start = time.perf_counter()
         new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
                                   self.context(), amount)
@@ -94,10 +98,16 @@ class Session:
             if on_step is not None:
                 on_step(step)
 
-        history = fit(self.model, self.data, self.optimizer, scheduler, settings,
-                      self.generator, phase, self.masks if hold_masks else None, step_hook,
-                      first_step=self.step,
-                      gradients=self.gradients.setdefault(phase, GradientStats()))
+        start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler)
+        if start_at is None:  # finished before an interruption
+            return
+        start_epoch, prefix = start_at
+        history = prefix + fit(
+            self.model, self.data, self.optimizer, scheduler, settings, self.generator, phase,
+            self.masks if hold_masks else None, step_hook, first_step=self.step,
+            gradients=self.gradients.setdefault(phase, GradientStats()),
+            start_epoch=start_epoch,
+            on_epoch=self.replay.saver(self, phase, self.optimizer, scheduler, prefix))
         self.history.setdefault(phase, []).extend(history)
         self.timing["finetune_s"] += time.perf_counter() - start
 
@@ -106,6 +116,8 @@ class Session:
 
     def record(self, phase: str) -> dict:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
+        if self.replay.active:
+            return self.replay.record(self, phase)
         metrics = evaluate(self.model, self.data, self.data.test) | sparsity_report(self.model)
         metrics |= flops.count(self.model, self.data.input_shape)  # MACs per image
         self.phases[phase] = metrics

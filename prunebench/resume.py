@@ -1,0 +1,276 @@
+"""Interruption and resume: a run killed mid-phase continues where it stopped, exactly.
+
+Every training phase saves its full state to `checkpoints/state.pt` (atomically) at the start
+of each epoch: model, masks, optimizer and lr scheduler, the shuffling generator and torch's
+global RNG, the step, and what the run has recorded so far. SIGTERM, SIGINT and SIGUSR1 only
+set a flag; training stops at the end of the current step and the run exits with 128+signum
+(SIGINT: KeyboardInterrupt). Re-running the same command in the same run folder resumes from
+the last epoch start and replays the interrupted epoch, so the results equal those of an
+uninterrupted run bit for bit on CPU.
+
+A schedule is Python code, so its progress is restored by replaying it: the schedule runs from
+the top, and until the session reaches the saved fine-tuning call and epoch, `prune` only
+re-appends the recorded event, `record` returns the recorded numbers and finished fine-tuning
+is skipped, calling `on_step` for each of its steps. A schedule therefore resumes correctly if
+its decisions depend on its config, the step, `session.events` and what `record` returns (not
+on the weights themselves); the replay checks that it reaches the saved point with the same
+events, and refuses to continue otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prunebench import io
+from prunebench.schema import ConfigError
+from prunebench.telemetry import GradientStats
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+FINISHED = ("ok", "diverged")
+_requested: int | None = None  # the signal of a pending stop request
+
+
+class Interrupted(BaseException):
+    """A stop request reached a safe point. A BaseException, like KeyboardInterrupt, so that
+    no `except Exception` on the way records it as a failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _request_stop(signum: int, frame) -> None:
+    global _requested
+    if _requested is not None:  # asked twice: stop now (the last epoch-start state is kept)
+        raise Interrupted(signum)
+    _requested = signum
+    log.warning("%s: stopping after the current step (send it again to stop at once)",
+                signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn stop signals into a flag for the duration; signals something else already
+    handles (submitit's SIGUSR1 requeue on Slurm) are left to it."""
+    global _requested
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                installed[sig] = signal.signal(sig, _request_stop)
+    try:
+        yield
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+        _requested = None
+
+
+def stop_if_requested() -> None:
+    """A safe point: raise Interrupted if a stop signal arrived."""
+    if _requested is not None:
+        raise Interrupted(_requested)
+
+
+def comparable(cfg: DictConfig) -> dict:
+    """The config that must match for a folder's run to be resumed or reused."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("resume", None)
+    return config
+
+
+def first_difference(a, b, key: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+    return f"{key}: {a!r} here, {b!r} in the command"
+
+
+class RunState:
+    """A run folder's `checkpoints/state.pt`: what to resume from, and where to save."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.path = Path(out_dir) / "checkpoints" / "state.pt"
+        self.config = comparable(cfg)
+        self.saved: dict | None = None  # the state to resume from, until it is consumed
+        self.carry: dict = {}  # saved with every session state (the dense entry)
+
+    def open(self, mode, results_path: Path) -> dict | None:
+        """Decide fresh / resume / reuse by `resume` (auto | true | false); returns the
+        recorded results when the folder already holds this run, finished."""
+        if mode is False:
+            self.path.unlink(missing_ok=True)
+            return None
+        finished = self._finished(results_path)
+        if finished is not None:
+            log.info("%s already holds this run, finished (%s); resume=false runs it again",
+                     results_path.parent, finished["status"])
+            return finished
+        if not self.path.exists():
+            if mode is True:
+                log.warning("nothing to resume in %s; starting from the beginning",
+                            self.path.parent.parent)
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unreadable: start over rather than trust it
+            log.warning("cannot resume from %s (%s); starting from the beginning", self.path,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return None
+        if saved.get("config") != self.config:
+            raise ConfigError(f"{self.path.parent.parent} holds an unfinished run of another "
+                              f"config ({first_difference(saved.get('config'), self.config)})"
+                              f": resume=false starts this one over there")
+        log.info("resuming from %s: %s, epoch %d", self.path, saved["phase"],
+                 saved["epoch"] + 1)
+        self.saved = saved
+        return None
+
+    def _finished(self, results_path: Path) -> dict | None:
+        try:
+            results = io.read_json(results_path)
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(results, dict) and results.get("status") in FINISHED
+        return results if ok and results.get("config") == self.config else None
+
+    def take(self, kind: str) -> dict | None:
+        """The saved state if it is of this kind ('train' or 'session')."""
+        return self.saved if self.saved is not None and self.saved["kind"] == kind else None
+
+    def save(self, kind: str, state: dict) -> None:
+        carry = self.carry if kind == "session" else {}
+        io.save_torch(self.path, {"kind": kind, "config": self.config, **carry, **state})
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def training_state(model, optimizer, scheduler, generator: torch.Generator) -> dict:
+    return {"model": cpu(model.state_dict()), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def restore_training(saved: dict, model, optimizer, scheduler, generator) -> None:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+
+
+def restored_stats(saved: dict) -> GradientStats:
+    stats = GradientStats()
+    vars(stats).update(saved)
+    return stats
+
+
+def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix: list,
+                gradients, snapshots: dict) -> Callable[[int, list], None]:
+    """fit's on_epoch for dense training: save, then stop here if asked to."""
+
+    def save(epoch: int, history: list) -> None:
+        state.save("train", {"phase": "train", "epoch": epoch, "history": prefix + history,
+                             "gradients": dict(vars(gradients)), "snapshots": snapshots,
+                             **training_state(model, optimizer, scheduler, generator)})
+        stop_if_requested()
+
+    return save
+
+
+class Replay:
+    """A session's progress through its schedule, and the saved point it fast-forwards to."""
+
+    def __init__(self, state: RunState | None = None):
+        self.state = state
+        self.saved = state.take("session") if state is not None else None
+        self.fits = 0  # fine-tuning calls started
+
+    @property
+    def active(self) -> bool:
+        return self.saved is not None
+
+    def event(self, session) -> None:
+        """Instead of pruning: the event this prune recorded before the interruption."""
+        events = self.saved["events"]
+        if len(session.events) >= len(events):
+            raise RuntimeError("cannot resume: the schedule prunes differently than before "
+                               "the interruption (resume=false starts over)")
+        session.events.append(events[len(session.events)])
+
+    def record(self, session, phase: str) -> dict:
+        session.phases[phase] = self.saved["phases"][phase]
+        return session.phases[phase]
+
+    def fit_start(self, session, epochs: int, step_hook: Callable[[int], None], optimizer,
+                  scheduler) -> tuple[int, list] | None:
+        """Where a fine-tuning call starts: (epoch, history of the epochs before it), or None
+        when the whole call finished before the interruption."""
+        index, self.fits = self.fits, self.fits + 1
+        if not self.active or index > self.saved["fit_index"]:
+            return 0, []
+        steps = math.ceil(len(session.data.train) / session.cfg.train.batch_size)
+        if index < self.saved["fit_index"]:
+            self._replay_steps(session, epochs * steps, step_hook)
+            return None
+        saved = self.saved
+        self._replay_steps(session, saved["epoch"] * steps, step_hook)
+        if session.events != saved["events"] or session.step != saved["step"]:
+            raise RuntimeError("cannot resume: the schedule did not replay to the saved point "
+                               "(resume=false starts over)")
+        restore_training(saved, session.model, optimizer, scheduler, session.generator)
+        session.masks.update({n: m.to(session.masks.masks[n].device)
+                              for n, m in saved["masks"].items()})
+        session.masks.apply()
+        session.history, session.phases = saved["history"], saved["phases"]
+        session.timing = saved["timing"]
+        session.gradients = {phase: restored_stats(stats)  # telemetry of the steps so far
+                             for phase, stats in saved["gradients"].items()}
+        self.saved = None
+        return saved["epoch"], saved["fit_history"]
+
+    @staticmethod
+    def _replay_steps(session, steps: int, step_hook: Callable[[int], None]) -> None:
+        for _ in range(steps):
+            step_hook(session.step + 1)
+
+    def saver(self, session, phase: str, optimizer, scheduler,
+              prefix: list) -> Callable[[int, list], None] | None:
+        """fit's on_epoch for fine-tuning: save the session, then stop here if asked to."""
+        if self.state is None:
+            return None
+        index = self.fits - 1
+
+        def save(epoch: int, history: list) -> None:
+            self.state.save("session", {
+                "phase": phase, "fit_index": index, "epoch": epoch, "step": session.step,
+                "masks": session.masks.state_dict(), "events": session.events,
+                "history": session.history, "phases": session.phases,
+                "timing": session.timing, "fit_history": prefix + history,
+                "gradients": {p: dict(vars(g)) for p, g in session.gradients.items()},
+                **training_state(session.model, optimizer, scheduler, session.generator)})
+            stop_if_requested()
+
+        return save
+
+    def check_done(self) -> None:
+        if self.active:
+            raise RuntimeError("cannot resume: the schedule ended before the saved point "
+                               "(resume=false starts over)")
