@@ -59,10 +59,10 @@ def test_non_finite_gradient_stops_the_phase():
 CRASH_ON_SEED_13 = """
 import prunebench.runner as runner
 _pipeline = runner.pipeline
-def pipeline(cfg, out_dir, partial):
+def pipeline(cfg, *args):
     if cfg.seed == 13:
         raise RuntimeError("injected crash\\nsecond line")
-    return _pipeline(cfg, out_dir, partial)
+    return _pipeline(cfg, *args)
 runner.pipeline = pipeline
 """
 
