@@ -142,8 +142,11 @@ class RunState:
             results = io.read_json(results_path)
         except (OSError, ValueError):
             return None
-        ok = isinstance(results, dict) and results.get("status") in FINISHED
-        return results if ok and results.get("config") == self.config else None
+        if not isinstance(results, dict) or results.get("status") not in FINISHED:
+            return None
+        config = dict(results.get("config") or {})
+        config.pop("resume", None)
+        return results if config == self.config else None
 
     def take(self, kind: str) -> dict | None:
         """The saved state if it is of this kind ('train' or 'session')."""
