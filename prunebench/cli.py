@@ -15,8 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from prunebench import configs
+from prunebench.configs import GROUPS
+
 log = logging.getLogger("prunebench")
-GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")
+configs.register()  # the schema Hydra composes against (before @hydra.main runs)
 
 
 def available(group: str) -> list[str]:

@@ -1,0 +1,103 @@
+"""Structured configs: the schema Hydra checks while composing, before any work.
+
+`prunebench_schema` (in Hydra's ConfigStore, first in conf/config.yaml's defaults) types every
+top-level key, so a wrong type or an unknown key in a YAML file fails at composition with
+Hydra's message. Each group's node types the keys all its options share (a strategy's
+amount, threshold, scope, granularity; an optimizer's lr) and stays open for an option's own
+keys (a model's widths, a criterion's settings), which the option's `_target_` signature checks
+when it is built. So a new strategy, model or dataset is still one module plus one YAML.
+Value ranges and combinations are checked in schema.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class GradClip:
+    max_norm: float | None = None
+    max_value: float | None = None
+
+
+@dataclass
+class Regularization:
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+@dataclass
+class Train:
+    epochs: int = 30
+    batch_size: int = 64
+    threads: int | None = None
+    lr_schedule: str = "cosine"
+    lr_step_size: int = 10
+    lr_gamma: float = 0.1
+    grad_clip: GradClip = field(default_factory=GradClip)
+    regularization: Regularization = field(default_factory=Regularization)
+
+
+@dataclass
+class Finetune:
+    epochs: int = 10
+    lr_scale: float = 0.1
+
+
+@dataclass
+class Cache:
+    enabled: bool = True
+    dir: str = "outputs/cache"
+
+
+@dataclass
+class Component:
+    """A group option: what to build, and the name tables show."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class Strategy(Component):
+    amount: float | None = None
+    threshold: float | None = None
+    scope: str = "global"
+    granularity: str = "weight"
+
+
+@dataclass
+class Optimizer:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
+
+
+@dataclass
+class Config:
+    model: Component = field(default_factory=Component)
+    dataset: Component = field(default_factory=Component)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    strategy: Strategy = field(default_factory=Strategy)
+    schedule: Component = field(default_factory=Component)
+    seed: int = 0
+    device: str = "auto"
+    resume: Any = "auto"  # auto | true | false
+    train: Train = field(default_factory=Train)
+    finetune: Finetune = field(default_factory=Finetune)
+    cache: Cache = field(default_factory=Cache)
+
+
+GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")
+
+
+def register() -> None:
+    """Store the schema; group nodes stay open to their options' own keys."""
+    node = OmegaConf.structured(Config)
+    for group in GROUPS:
+        OmegaConf.set_struct(node[group], False)
+    ConfigStore.instance().store(name="prunebench_schema", node=node)
