@@ -35,6 +35,8 @@ class Train:
     epochs: int = 30
     batch_size: int = 64
     threads: int | None = None
+    amp: str | None = None  # null | bf16 | fp16
+    compile: bool = False
     lr_schedule: str = "cosine"
     lr_step_size: int = 10
     lr_gamma: float = 0.1
