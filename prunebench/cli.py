@@ -13,7 +13,7 @@ from importlib import resources
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prunebench import configs
 from prunebench.configs import GROUPS
@@ -60,13 +60,14 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://prunebench.conf", config_name="config")
 def task(cfg: DictConfig) -> float | None:
-    from prunebench import runner  # torch loads here, after Hydra has parsed the command line
+    from prunebench import objective, runner  # torch loads here, after Hydra parsed the line
     from prunebench.results import table
     from prunebench.resume import Interrupted, stop_on_signals
     from prunebench.schema import ConfigError
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    divide_threads(cfg, hydra_cfg)
     # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
     # the sweep; nan tells sweepers such as optuna that the trial failed
     try:
@@ -92,12 +93,35 @@ def task(cfg: DictConfig) -> float | None:
                   str(err).splitlines()[0] if str(err) else "")
         return math.nan
     if sweep:  # the comparison table comes at the end of the sweep
-        return results.get("final", {}).get("accuracy", math.nan)
+        return objective.value(results, OmegaConf.select(cfg, "objective"))
     if any(phase in results for phase in ("dense", "pruned", "final")):
         table.show_run(results)
     if results["status"] != "ok":
         sys.exit(f"prunebench: {results['status']}: {results.get('error')}")
-    return results["final"]["accuracy"]
+    return objective.value(results, OmegaConf.select(cfg, "objective"))
+
+
+def divide_threads(cfg: DictConfig, hydra_cfg) -> None:
+    """Unless train.threads is set, size torch's thread pool to what the launcher gives a job.
+
+    hydra/launcher=joblib runs n_jobs jobs at once on one machine: each gets cores // n_jobs
+    threads (two jobs on 16 cores train with 8 each, not 16 threads fighting over 16 cores).
+    The submitit launchers give each job cpus_per_task cores: that many threads.
+    """
+    if cfg.train.threads is not None:
+        return
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    cpus = OmegaConf.select(hydra_cfg, "launcher.cpus_per_task", default=None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if isinstance(n_jobs, int) and n_jobs != 0:
+        jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
+        threads = max(1, cores // jobs)
+    elif isinstance(cpus, int) and cpus > 0:
+        threads = cpus
+    else:
+        return
+    with open_dict(cfg):
+        cfg.train.threads = threads
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import build, cache, flops, io, resume, schema
+from prunebench import baseline, build, cache, flops, io, resume, schema
 from prunebench.schedules.base import Session, fit_settings
 from prunebench.telemetry import GradientStats
 from prunebench.train import Diverged, evaluate, fit
@@ -107,13 +107,18 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     schedule.run(session)
     session.replay.check_done()
     session.record("final")
-    compacted = {}
+    extra = {}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench import compact
-        compacted = {"compact": compact.run(cfg, model, data, out_dir)}
+        extra["compact"] = compact.run(cfg, model, data, out_dir)
+    if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
+        extra["baseline"] = baseline.random_same_density(cfg, data, dense["state_dict"], session,
+                                                         out_dir)
     return {
         **session.phases,
-        **compacted,
+        **extra,
+        "cost": session.cost,
+        "budget": session.budget,
         "timing": {"train_s": train_s, **session.timing,
                    "total_s": time.perf_counter() - start},
         "events": session.events,
@@ -155,7 +160,8 @@ def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
             start_epoch=start_epoch,
             on_epoch=resume.dense_saver(run_state, model, optimizer, scheduler, generator,
                                         prefix, gradients, snapshots))
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # clone: on CPU .cpu() aliases the live weights, which pruning then changes
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         log.info("dense: test accuracy %.4f", evaluate(model, data, data.test)["accuracy"])
         return {"state_dict": state, "history": history, "gradients": gradients.summary(),
                 "snapshots": snapshots, "train_s": time.perf_counter() - start}

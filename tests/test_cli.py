@@ -90,8 +90,11 @@ def test_multirun_writes_comparison_and_reuses_dense_cache(tmp_path):
         (s, a) for s in ("l1", "random") for a in (0.5, 0.9)}
     for r in rows:
         assert r["status"] == "ok"
-        assert float(r["sparsity"]) == pytest.approx(float(r["target"]), abs=1e-4)
-    assert (sweep / "comparison.md").read_text().count("\n") == 6  # header, rule, 4 rows
+        assert r["n"] == "1" and r["sparsity_std"] == ""  # one seed: a mean and no spread
+        assert float(r["sparsity_mean"]) == pytest.approx(float(r["target"]), abs=1e-4)
+    table_lines = [line for line in (sweep / "comparison.md").read_text().splitlines()
+                   if line.startswith("|")]
+    assert len(table_lines) == 6  # header, rule, 4 rows
 
     # one dense training for the whole sweep: one cache entry, three hits
     hits = [json.loads((sweep / str(i) / "results.json").read_text())["cache"]["hit"]

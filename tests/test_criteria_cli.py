@@ -28,7 +28,7 @@ def test_variants_sweep_into_one_table(tmp_path, strategy, key, values):
     assert len(rows) == len(values.split(","))
     for i, row in enumerate(rows):
         assert row["status"] == "ok" and row["strategy"] == strategy
-        assert float(row["sparsity"]) == pytest.approx(0.8, abs=1e-3)
+        assert float(row["sparsity_mean"]) == pytest.approx(0.8, abs=1e-3)
         config = json.loads((sweep / str(i) / "results.json").read_text())["config"]
         assert config["strategy"][key] in values.split(",")
 

@@ -29,7 +29,7 @@ def test_every_strategy_at_its_defaults_gets_a_row(tmp_path):
     assert sorted(r["strategy"] for r in rows) == STRATEGIES
     for r in rows:
         assert r["status"] == "ok", (r["strategy"], r["error"])
-        assert 0 < float(r["sparsity"]) < 1, r["strategy"]
+        assert 0 < float(r["sparsity_mean"]) < 1, r["strategy"]
     for res in results:
         neuron = res["config"]["strategy"]["granularity"] == "neuron"
         assert ("compact" in res) == neuron, res["config"]["strategy"]["name"]

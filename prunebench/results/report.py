@@ -1,4 +1,8 @@
-"""`prunebench-report PATH`: the comparison table of every finished run under PATH."""
+"""`prunebench-report PATH`: the comparison of every finished run under PATH.
+
+    prunebench-report outputs/multirun/... [--group-by strategy,target] [--where model=lenet300]
+                      [--baseline l1] [--format md|csv|json] [--plot] [--out DIR]
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,75 @@ import sys
 from pathlib import Path
 
 from prunebench.console import log_handler
-from prunebench.results import table
+from prunebench.results import stats, table
+
+
+def build(path: Path, out: Path, *, group_by: list[str] | None = None,
+          where: list[str] | None = None, baseline: str | None = "l1",
+          formats: tuple[str, ...] = ("md", "csv", "json"), plot: bool = True,
+          title: str | None = None) -> list[Path]:
+    """Collect, group, write the tables (and plots); shared by the CLI and the sweep callback.
+
+    Returns the paths written; raises FileNotFoundError when there is nothing to report.
+    """
+    rows = table.where(table.collect(path), where or [])
+    if not rows:
+        raise FileNotFoundError(f"no results.json under {path}"
+                                + (f" matching {' '.join(where)}" if where else ""))
+    rows = table.with_columns(rows, group_by)
+    groups = stats.group(rows, tuple(group_by) if group_by else None, baseline)
+    paths = table.write(groups, out, formats)
+    if plot:
+        from prunebench.results import plots  # matplotlib loads only when plotting
+
+        paths += plots.write_all(rows, groups, out)
+    table.show(groups, title=title or f"comparison: {path}")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="prunebench-report",
-        description="Build comparison.md and comparison.csv from a folder tree of runs.")
+        description="Comparison tables (mean ± std over seeds, paired tests against a "
+                    "baseline strategy) and plots from a folder tree of runs.")
     parser.add_argument("path", type=Path, help="a sweep folder, a run folder, or any tree")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the tables (default: PATH itself)")
+    parser.add_argument("--group-by", default=None,
+                        help="comma-separated keys (columns or dotted config keys) to group "
+                             "on; default: runs that differ only in seed")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose column or dotted config key equals VALUE "
+                             "(repeatable)")
+    parser.add_argument("--baseline", default="l1",
+                        help="strategy for the paired test (default l1; 'none' to skip)")
+    parser.add_argument("--format", default="md,csv,json",
+                        help="comma-separated subset of md,csv,json (default: all three)")
+    parser.add_argument("--plot", action="store_true", help="also write PNG plots")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, handlers=[log_handler()], format="%(message)s")
 
+    def fail(message: str, code: int) -> int:
+        print(f"prunebench-report: error: {message}", file=sys.stderr)
+        return code
+
     if not args.path.exists():
-        print(f"prunebench-report: error: {args.path} does not exist", file=sys.stderr)
-        return 2
-    rows = table.collect(args.path)
-    if not rows:
-        print(f"prunebench-report: error: no results.json under {args.path}", file=sys.stderr)
-        return 1
+        return fail(f"{args.path} does not exist", 2)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("md", "csv", "json")]
+    if bad or not formats:
+        return fail(f"--format {args.format} is invalid: choose from md, csv, json", 2)
+    bad = [w for w in args.where if "=" not in w]
+    if bad:
+        return fail(f"--where {bad[0]} is invalid: use KEY=VALUE", 2)
+    group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
+    baseline = None if args.baseline.lower() == "none" else args.baseline
     out = args.out or (args.path if args.path.is_dir() else args.path.parent)
-    paths = table.write(rows, out)
-    table.show(rows, title=f"comparison: {args.path}")
+    try:
+        paths = build(args.path, out, group_by=group_by, where=args.where, baseline=baseline,
+                      formats=formats, plot=args.plot)
+    except FileNotFoundError as err:
+        return fail(str(err), 1)
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     return 0

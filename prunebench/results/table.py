@@ -1,7 +1,9 @@
-"""Comparison tables: one row per finished run, built from results.json files only.
+"""Comparison tables built from results.json files only: per-run rows, grouped by seed.
 
 Reading never instantiates anything from the files: it is plain JSON, so a report over
-someone else's folder is safe.
+someone else's folder is safe. `collect` flattens each results.json into a run row;
+stats.group turns run rows into comparison rows (mean ± std over seeds, paired test against
+a baseline); `write` renders them as comparison.md / .csv / .json and `show` as a rich table.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import io as _io
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -18,75 +21,110 @@ from rich.markup import escape
 from rich.table import Table
 
 from prunebench import io
+from prunebench.results import stats
 
 log = logging.getLogger(__name__)
 # piped output gets a wide fixed width rather than rich's 80 columns, so tables stay readable
-stdout = Console(width=None if sys.stdout.isatty() else 200)
+stdout = Console(width=None if sys.stdout.isatty() else 240)
 # a results.json is a few hundred kB at most; anything far larger is not one of ours
 MAX_RESULTS_BYTES = 64 * 2**20
-# the terminal table leaves out columns the files still have
-TERMINAL_SKIP = {"params", "train_s", "prune_s", "finetune_s"}
 
-# (column, header, format) in table order
-COLUMNS = [
-    ("run", "run", "{}"),
-    ("status", "status", "{}"),
-    ("model", "model", "{}"),
-    ("dataset", "dataset", "{}"),
-    ("strategy", "strategy", "{}"),
-    ("schedule", "schedule", "{}"),
-    ("target", "target", "{}"),
-    ("seed", "seed", "{}"),
-    ("sparsity", "sparsity", "{:.4f}"),
+# config keys that never make two runs different experiments (where and how fast they ran)
+IGNORED_SETTINGS = ("seed", "device", "cache.", "train.threads", "objective.", "dataset.root",
+                    "dataset.source_dir", "dataset.download")
+# config keys already shown in the key columns
+KEY_SETTINGS = ("model.name", "dataset.name", "strategy.name", "strategy.variant",
+                "strategy.granularity", "strategy.scope", "schedule.name", "strategy.amount",
+                "strategy.threshold")
+
+# (metric, header, format); "always" columns appear even when every cell is blank
+ALWAYS = [
     ("dense_acc", "dense acc", "{:.4f}"),
     ("pruned_acc", "pruned acc", "{:.4f}"),
     ("final_acc", "final acc", "{:.4f}"),
-    ("nonzero", "nonzero", "{:,}"),
-    ("grad_max", "max grad norm", "{:.3g}"),
-    ("clipped", "clipped", "{:.3f}"),
-    ("params", "params", "{:,}"),
-    ("train_s", "train s", "{:.1f}"),
+    ("delta_acc", "Δ vs dense", "{:+.4f}"),
+    ("sparsity", "sparsity", "{:.4f}"),
+    ("compression", "compression", "{:.1f}x"),
+    ("nonzero", "nonzero", "{:,.0f}"),
+    ("flops", "dense FLOPs", "{:.3g}"),
+    ("effective_flops", "eff. FLOPs", "{:.3g}"),
     ("prune_s", "prune s", "{:.2f}"),
-    ("finetune_s", "finetune s", "{:.1f}"),
-    ("total_s", "total s", "{:.1f}"),
-    ("error", "error", "{}"),
+    ("prune_peak_mb", "prune peak MB", "{:.1f}"),
+    ("finetune_epochs", "ft epochs", "{:.0f}"),
+    ("finetune_steps", "ft steps", "{:.0f}"),
 ]
+OPTIONAL = [
+    ("random_final_acc", "random same density", "{:.4f}"),
+    ("gain_vs_random", "gain vs random", "{:+.4f}"),
+    ("latency_ms", "latency ms", "{:.3f}"),
+    ("dense_latency_ms", "dense latency ms", "{:.3f}"),
+    ("grad_max", "max grad norm", "{:.3g}"),
+    ("clipped", "clipped frac", "{:.3f}"),
+]
+TERMINAL = ("final_acc", "delta_acc", "sparsity", "random_final_acc", "effective_flops",
+            "latency_ms", "prune_s", "prune_peak_mb", "finetune_epochs")
+
+
+def _get(d: dict, *path, default=None):
+    for p in path:
+        if not isinstance(d, dict):
+            return default
+        d = d.get(p)
+    return default if d is None else d
 
 
 def row(results: dict, run: str) -> dict:
-    """Flatten one results.json into a table row (missing phases stay empty)."""
+    """Flatten one results.json into a run row (missing values stay None)."""
     cfg = results.get("config", {})
     strategy = cfg.get("strategy", {})
-    final = results.get("final", {})
-    timing = results.get("timing", {})
+    dense, final = results.get("dense", {}), results.get("final", {})
     amount, threshold = strategy.get("amount"), strategy.get("threshold")
+    sparsity = final.get("sparsity")
+    dense_acc, final_acc = dense.get("accuracy"), final.get("accuracy")
+    random_final = _get(results, "baseline", "final", "accuracy")
+    history = results.get("history", {})
     return {
         "run": run,
         "status": results.get("status"),
-        "model": cfg.get("model", {}).get("name"),
-        "dataset": cfg.get("dataset", {}).get("name"),
+        "model": _get(cfg, "model", "name"),
+        "dataset": _get(cfg, "dataset", "name"),
         "strategy": strategy.get("name"),
-        "schedule": cfg.get("schedule", {}).get("name"),
+        "variant": strategy.get("variant", ""),
+        "granularity": strategy.get("granularity"),
+        "scope": strategy.get("scope"),
+        "schedule": _get(cfg, "schedule", "name"),
         "target": amount if amount is not None else f"t<{threshold}",
         "seed": cfg.get("seed"),
-        "sparsity": final.get("sparsity"),
-        "dense_acc": results.get("dense", {}).get("accuracy"),
-        "pruned_acc": results.get("pruned", {}).get("accuracy"),
-        "final_acc": final.get("accuracy"),
+        "dense_acc": dense_acc,
+        "pruned_acc": _get(results, "pruned", "accuracy"),
+        "final_acc": final_acc,
+        "delta_acc": _diff(final_acc, dense_acc),
+        "sparsity": sparsity,
+        "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
         "nonzero": final.get("nonzero"),
-        **gradient_health(results.get("gradients") or {}),
         "params": final.get("params"),
-        "train_s": timing.get("train_s"),
-        "prune_s": timing.get("prune_s"),
-        "finetune_s": timing.get("finetune_s"),
-        "total_s": timing.get("total_s"),
+        "flops": dense.get("flops"),
+        "effective_flops": final.get("effective_flops"),
+        "latency_ms": _latency(results.get("compact"), "compact"),
+        "dense_latency_ms": _latency(results.get("compact"), "dense"),
+        "prune_s": _get(results, "timing", "prune_s"),
+        "prune_peak_mb": _get(results, "cost", "prune_peak_mb"),
+        "finetune_epochs": _get(results, "budget", "finetune_epochs",
+                                default=len(history.get("finetune", [])) or None),
+        "finetune_steps": _get(results, "budget", "finetune_steps"),
+        "random_pruned_acc": _get(results, "baseline", "pruned", "accuracy"),
+        "random_final_acc": random_final,
+        "gain_vs_random": _diff(final_acc, random_final),
+        **gradient_health(results.get("gradients") or {}),
         "error": results.get("error", ""),
+        "_config": _flatten(cfg),
+        "_layers": final.get("layers") or [],
     }
 
 
 def gradient_health(gradients: dict) -> dict:
     """Largest gradient norm and fraction of clipped steps over all training phases."""
-    phases = [p for p in gradients.values() if p and p.get("steps")]
+    phases = [p for p in gradients.values() if isinstance(p, dict) and p.get("steps")]
     norms = [p["norm_max"] for p in phases if p.get("norm_max") is not None]
     steps = sum(p["steps"] for p in phases)
     clipped = sum(p["clipped_fraction"] * p["steps"] for p in phases)
@@ -94,8 +132,47 @@ def gradient_health(gradients: dict) -> dict:
             "clipped": clipped / steps if steps else None}
 
 
+def _diff(a, b):
+    return a - b if a is not None and b is not None else None
+
+
+def _latency(compact, which: str):
+    """Batch-1 CPU latency in ms of the compact model (or the dense one), if measured."""
+    value = _get(compact or {}, "latency_ms", which)
+    if isinstance(value, dict):  # {batch size: ms}: report batch 1
+        value = value.get("1", value.get(1))
+    return value if isinstance(value, (int, float)) else None
+
+
+def _flatten(cfg, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (cfg or {}).items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def annotate_settings(rows: list[dict]) -> None:
+    """Set each row's `settings`: the other config keys that vary among runs sharing a key.
+
+    So runs are only averaged together when they differ in nothing but the seed.
+    """
+    by_key: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(tuple(str(r.get(k)) for k in stats.KEY), []).append(r)
+    for members in by_key.values():
+        keys = sorted({k for m in members for k in m["_config"]})
+        varying = [k for k in keys if not k.startswith(IGNORED_SETTINGS + KEY_SETTINGS)
+                   and len({json.dumps(m["_config"].get(k), sort_keys=True)
+                            for m in members}) > 1]
+        for m in members:
+            m["settings"] = " ".join(f"{k}={m['_config'].get(k)}" for k in varying)
+
+
 def collect(root: str | Path) -> list[dict]:
-    """Rows for every results.json under `root`; unreadable files are reported and skipped."""
+    """Run rows for every results.json under `root`; unreadable files are reported, skipped."""
     root = Path(root)
     paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
     rows = []
@@ -111,55 +188,178 @@ def collect(root: str | Path) -> list[dict]:
         except Exception as err:  # whatever is in the file, the report goes on without it
             log.warning("skipping %s: %s: %s", path, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "")
+    annotate_settings(rows)
     return rows
 
 
-def _cell(value, fmt: str) -> str:
-    if value is None or value == "":
-        return ""
+def lookup(r: dict, key: str):
+    """A row column, or a dotted config key (`finetune.epochs`) of the run."""
+    return r[key] if key in r else r.get("_config", {}).get(key)
+
+
+def where(rows: list[dict], conditions: list[str]) -> list[dict]:
+    """Keep rows matching every `key=value` (numbers compare as numbers)."""
+    for condition in conditions:
+        key, _, value = condition.partition("=")
+        rows = [r for r in rows if _equal(lookup(r, key), value)]
+    return rows
+
+
+def _equal(actual, wanted: str) -> bool:
     try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+        return float(actual) == float(wanted)
+    except (TypeError, ValueError):
+        return str(actual) == wanted or (actual is None and wanted in ("null", "None", ""))
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [_cell(r[c], f).replace("|", "\\|") for c, _, f in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+def with_columns(rows: list[dict], group_by: list[str] | None) -> list[dict]:
+    """Copy dotted config keys named in group_by into the rows, so stats can group on them."""
+    for key in group_by or []:
+        for r in rows:
+            r.setdefault(key, lookup(r, key))
+    return rows
+
+
+# ---- rendering ------------------------------------------------------------------------
+
+def key_columns(groups: list[dict]) -> list[str]:
+    """The key columns worth showing: those with a value in some row."""
+    keys = [k for k in groups[0] if k in stats.KEY + ("settings",)] if groups else []
+    extra = [k for k in groups[0] if k not in keys and k not in _NON_KEY] if groups else []
+    return [k for k in keys + extra if any(g.get(k) not in (None, "") for g in groups)]
+
+
+_NON_KEY = {"status", "n", "seeds", "run", "error", "flags", "baseline", "diff_vs_baseline",
+            "p_value", "pairs", "_per_seed", "_budget"} | {
+    f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "ci95")}
+
+
+def metric_columns(groups: list[dict]) -> list[tuple[str, str, str]]:
+    present = [c for c in OPTIONAL if any(_finite(g.get(f"{c[0]}_mean")) for g in groups)]
+    return ALWAYS + present
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _fmt(value, fmt: str) -> str:
+    if not _finite(value):
+        return "" if value is None or isinstance(value, float) else str(value)
+    return fmt.format(value)
+
+
+def cell(g: dict, metric: str, fmt: str) -> str:
+    mean, std = g.get(f"{metric}_mean"), g.get(f"{metric}_std")
+    text = _fmt(mean, fmt)
+    if text and _finite(std):
+        text += " ± " + _fmt(std, fmt.replace("+", ""))
+    return text
+
+
+def versus(g: dict) -> str:
+    """`+0.0123 (p=0.041, n=3)` against the baseline strategy, or blank."""
+    if not g.get("baseline"):
+        return ""
+    text = f"{g['diff_vs_baseline']:+.4f} vs {g['baseline']}"
+    if _finite(g.get("p_value")):
+        text += f" (p={g['p_value']:.3g}, n={g['pairs']})"
+    return text
+
+
+def markdown(groups: list[dict]) -> str:
+    keys, metrics = key_columns(groups), metric_columns(groups)
+    headers = keys + ["status", "n"] + [h for _, h, _ in metrics] + ["vs baseline", "flags"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for g in groups:
+        cells = [_fmt(g.get(k), "{}") for k in keys] + [str(g["status"]), str(g["n"])]
+        cells += [cell(g, m, f) for m, _, f in metrics]
+        cells += [versus(g), "; ".join(filter(None, [g.get("flags"), g.get("error")]))]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: list[dict]) -> str:
+def records(groups: list[dict]) -> list[dict]:
+    """Plain records for CSV/JSON: every key, mean/std/ci95 of every metric, the test."""
+    tail = ["baseline", "pairs", "diff_vs_baseline", "p_value", "flags", "seeds", "run",
+            "error"]
+    out = []
+    for g in groups:
+        keys = [k for k in g if k not in _NON_KEY]
+        rec = {k: g.get(k) for k in keys + ["status", "n"]}
+        for m in stats.METRICS:
+            for s in ("mean", "std", "ci95"):
+                value = g.get(f"{m}_{s}")
+                rec[f"{m}_{s}"] = value if _finite(value) else None
+        for k in tail:
+            value = g.get(k)
+            rec[k] = None if isinstance(value, float) and not math.isfinite(value) else value
+        out.append(rec)
+    return out
+
+
+def csv_text(groups: list[dict]) -> str:
+    recs = records(groups)
+    if not recs:
+        return ""
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[c for c, _, _ in COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(recs[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(recs)
     return buffer.getvalue()
 
 
-def write(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    paths = [out_dir / "comparison.md", out_dir / "comparison.csv"]
-    io.write_text(paths[0], markdown(rows))
-    io.write_text(paths[1], csv_text(rows))
+def write(groups: list[dict], out_dir: str | Path,
+          formats: tuple[str, ...] = ("md", "csv", "json")) -> list[Path]:
+    out_dir, paths = Path(out_dir), []
+    for ext in formats:
+        path = out_dir / f"comparison.{ext}"
+        if ext == "json":
+            io.write_json(path, records(groups))
+        else:
+            io.write_text(path, markdown(groups) if ext == "md" else csv_text(groups))
+        paths.append(path)
     return paths
 
 
-def show(rows: list[dict], title: str = "prunebench comparison") -> None:
-    skip = TERMINAL_SKIP | ({"error"} if not any(r.get("error") for r in rows) else set())
-    columns = [(c, h, f) for c, h, f in COLUMNS if c not in skip]
-    table = Table(title=title)
-    for column, header, _ in columns:
-        numeric = column not in {"run", "status", "model", "dataset", "strategy",
-                                 "schedule", "error"}
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
-    for r in rows:
-        style = None if r["status"] == "ok" else "red"
+def best_per_target(groups: list[dict]) -> set[int]:
+    """Indices of the highest mean final accuracy per (model, dataset, target)."""
+    best: dict[tuple, int] = {}
+    for i, g in enumerate(groups):
+        if g["status"] != "ok" or not _finite(g.get("final_acc_mean")):
+            continue
+        where_ = (g.get("model"), g.get("dataset"), str(g.get("target")))
+        if where_ not in best or g["final_acc_mean"] > groups[best[where_]]["final_acc_mean"]:
+            best[where_] = i
+    return set(best.values()) if len({g.get("strategy") for g in groups}) > 1 else set()
+
+
+def show(groups: list[dict], title: str = "prunebench comparison") -> None:
+    """The rich table: key columns that vary (the constant ones go in the title)."""
+    keys = key_columns(groups)
+    same = [k for k in keys if len({str(g.get(k)) for g in groups}) == 1] if len(groups) > 1 \
+        else []
+    keys = [k for k in keys if k not in same]
+    if same:
+        title += "\n" + ", ".join(f"{k}={groups[0].get(k)}" for k in same)
+    metrics = [c for c in metric_columns(groups) if c[0] in TERMINAL]
+    table = Table(title=title, caption="bold green: best final accuracy at its target")
+    for k in keys:
+        table.add_column(k, justify="right" if k == "target" else "left")
+    table.add_column("n", justify="right")
+    for _, header, _ in metrics:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("vs baseline", justify="right")
+    table.add_column("flags / status")
+    best = best_per_target(groups)
+    for i, g in enumerate(groups):
+        style = "bold green" if i in best else (None if g["status"] == "ok" else "red")
+        notes = [g.get("flags"), g.get("error")] + ([g["status"]] if g["status"] != "ok"
+                                                    else [])
         # cells come from files anyone may have written: escape rich markup like "[/]"
-        table.add_row(*[escape(_cell(r[c], f)) for c, _, f in columns], style=style)
+        cells = [_fmt(g.get(k), "{}") for k in keys] + [str(g["n"])] + [
+            cell(g, m, f) for m, _, f in metrics] + [versus(g), "; ".join(filter(None, notes))]
+        table.add_row(*[escape(c) for c in cells], style=style)
     stdout.print(table)
 
 
@@ -176,5 +376,8 @@ def show_run(results: dict) -> None:
         if not m:
             continue
         table.add_row(phase, f"{m['accuracy']:.4f}", f"{m['loss']:.4f}", f"{m['sparsity']:.4f}",
-                      f"{m['nonzero']:,} / {m['params']:,}", _cell(seconds[phase], "{:.2f}"))
+                      f"{m['nonzero']:,} / {m['params']:,}", _fmt(seconds[phase], "{:.2f}"))
+    baseline = _get(results, "baseline", "final", "accuracy")
+    if baseline is not None:
+        table.add_row("random same density", f"{baseline:.4f}", "", "", "", "")
     stdout.print(table)

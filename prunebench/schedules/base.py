@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from prunebench import build, flops, io
+from prunebench import build, flops, io, memory
 from prunebench.data import Dataset, batches
 from prunebench.masks import Masks, sparsity_report
 from prunebench.resume import Replay
@@ -44,6 +44,8 @@ class Session:
         # kept that snapshot; filled by the runner
         self.rewind_states: dict[str, dict[str, torch.Tensor]] = {}
         self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
+        self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
+        self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
@@ -60,8 +62,11 @@ class Session:
         if self.replay.active:
             return self.replay.event(self)
         start = time.perf_counter()
-        new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
-                                  self.context(), amount)
+        with memory.peak(self.data.train.x.device) as used:
+            new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
+                                      self.context(), amount)
+        self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
+                     "memory_method": used["method"]}
         pruned, recovered = self.masks.update(new)
         self.masks.apply()
         if self.optimizer is not None:
@@ -98,6 +103,8 @@ class Session:
             if on_step is not None:
                 on_step(step)
 
+        self.budget["finetune_epochs"] += epochs
+        self.budget["finetune_steps"] += epochs * self.steps_per_epoch()
         start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler)
         if start_at is None:  # finished before an interruption
             return

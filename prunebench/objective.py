@@ -1,0 +1,35 @@
+"""The number a run returns to Hydra's sweeper (hydra/sweeper=optuna maximizes it).
+
+`objective.name` in the config picks it:
+- final_accuracy: final test accuracy;
+- final_accuracy_at_min_sparsity: final accuracy, subject to sparsity >= objective.min_sparsity;
+- sparsity_at_max_drop: sparsity, subject to dense - final accuracy <= objective.max_drop.
+
+A feasible run scores in [0, 1]; an infeasible one scores minus its constraint violation (in
+(-1, 0]), so every feasible run beats every infeasible one and the search is still pulled
+toward feasibility; a failed or diverged run scores FAILED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+OBJECTIVES = ("final_accuracy", "final_accuracy_at_min_sparsity", "sparsity_at_max_drop")
+FAILED = -2.0
+
+
+def value(results: dict, objective: Mapping | None) -> float:
+    objective = objective or {}
+    name = objective.get("name", "final_accuracy")
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective.name={name} is invalid: allowed {', '.join(OBJECTIVES)}")
+    final, dense = results.get("final") or {}, results.get("dense") or {}
+    if results.get("status") != "ok" or "accuracy" not in final:
+        return FAILED
+    if name == "final_accuracy":
+        return float(final["accuracy"])
+    if name == "final_accuracy_at_min_sparsity":
+        shortfall = float(objective["min_sparsity"]) - final["sparsity"]
+        return float(final["accuracy"]) if shortfall <= 0 else -shortfall
+    excess = (dense["accuracy"] - final["accuracy"]) - float(objective["max_drop"])
+    return float(final["sparsity"]) if excess <= 0 else -excess

@@ -1,0 +1,195 @@
+"""PNG plots beside the tables (matplotlib, Agg backend), one set per model and dataset.
+
+- accuracy vs sparsity: final accuracy against compression 1/(1-s) on a log axis, one line per
+  strategy with ±std error bars over seeds, published points overlaid where model and dataset
+  match (literature.csv);
+- accuracy vs effective FLOPs, with the Pareto frontier marked (when runs report FLOPs);
+- per-layer sparsity of each strategy at one target (the one nearest 0.9 by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from prunebench import io  # noqa: E402
+
+LAYER_TARGET = 0.9
+PUBLISHED_MARKERS = ["*", "P", "X", "D", "^", "v", "s", "p", "h", "<", ">"]
+
+
+def label(g: dict) -> str:
+    """Strategy name with what distinguishes it: variant, granularity, scope, settings."""
+    parts = [str(g.get("strategy"))]
+    if g.get("variant"):
+        parts[0] += f"/{g['variant']}"
+    if g.get("granularity") not in (None, "weight"):
+        parts.append(str(g["granularity"]))
+    if g.get("scope") not in (None, "global"):
+        parts.append(f"{g['scope']} scope")
+    if g.get("schedule") not in (None, "oneshot"):
+        parts.append(str(g["schedule"]))
+    if g.get("settings"):
+        parts.append(str(g["settings"]))
+    return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
+
+
+def literature() -> list[dict]:
+    text = (resources.files("prunebench.results") / "literature.csv").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return [{**r, "sparsity": float(r["sparsity"]), "accuracy": 1 - float(r["error_pct"]) / 100}
+            for r in csv.DictReader(lines)]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    io._atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    lines = defaultdict(list)
+    for g in groups:
+        if _finite(g.get("final_acc_mean")) and _finite(g.get("sparsity_mean")) \
+                and g["sparsity_mean"] < 1:
+            lines[label(g)].append(g)
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for name, members in sorted(lines.items()):
+        members.sort(key=lambda g: g["sparsity_mean"])
+        x = [1 / (1 - g["sparsity_mean"]) for g in members]
+        y = [g["final_acc_mean"] for g in members]
+        err = [g["final_acc_std"] if _finite(g.get("final_acc_std")) else 0 for g in members]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+    randoms = [g for g in groups if _finite(g.get("random_final_acc_mean"))]
+    if randoms:
+        randoms.sort(key=lambda g: g["sparsity_mean"])
+        ax.scatter([1 / (1 - g["sparsity_mean"]) for g in randoms],
+                   [g["random_final_acc_mean"] for g in randoms], marker="x", color="grey",
+                   label="random mask, same layer densities", zorder=3)
+    dense = [g["dense_acc_mean"] for g in groups if _finite(g.get("dense_acc_mean"))]
+    if dense:
+        ax.axhline(float(np.mean(dense)), color="black", linestyle=":", linewidth=1,
+                   label=f"dense ({np.mean(dense):.4f})")
+    published = [p for p in literature() if p["model"] == model and p["dataset"] == dataset
+                 and p["sparsity"] > 0]
+    by_method = defaultdict(list)
+    for p in published:
+        by_method[p["method"]].append((1 / (1 - p["sparsity"]), p["accuracy"]))
+    for (method, pts), marker in zip(sorted(by_method.items()), PUBLISHED_MARKERS * 3,
+                                     strict=False):
+        xs, ys = zip(*pts, strict=True)
+        ax.scatter(xs, ys, marker=marker, s=45, edgecolors="black", facecolors="none",
+                   label=f"{method} (published, {dataset})", zorder=4)
+    ax.set_xscale("log")
+    ours = sorted({round(1 / (1 - g["sparsity_mean"]), 1) for m in lines.values() for g in m})
+    xs = ours + [x for pts in by_method.values() for x, _ in pts]
+    nice = [t for t in (2, 5, 10, 20, 50, 100, 200, 500, 1000) if min(xs) <= t <= max(xs) * 1.001
+            and all(abs(math.log(t / o)) > 0.25 for o in ours)]
+    ticks = sorted(ours + nice)
+    ax.set_xticks(ticks, [f"{t:g}x\n{1 - 1 / t:.1%}".replace(".0%", "%") for t in ticks],
+                  fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("compression 1/(1 - sparsity)  (sparsity below)")
+    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{model} on {dataset}: accuracy vs sparsity")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both fewer FLOPs and higher accuracy."""
+    frontier, best = [], -math.inf
+    for flops, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            frontier.append((flops, acc))
+            best = acc
+    return frontier
+
+
+def accuracy_vs_flops(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    points = defaultdict(list)
+    for g in groups:
+        if _finite(g.get("final_acc_mean")) and _finite(g.get("effective_flops_mean")):
+            points[label(g)].append((g["effective_flops_mean"], g["final_acc_mean"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, pts in sorted(points.items()):
+        ax.scatter(*zip(*pts, strict=True), label=name, alpha=0.8)
+    front = pareto([p for pts in points.values() for p in pts])
+    xs, ys = zip(*front, strict=True)
+    ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto frontier")
+    ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=110, linewidths=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("effective FLOPs per example (zeros skipped)")
+    ax.set_ylabel("final test accuracy (mean over seeds)")
+    ax.set_title(f"{model} on {dataset}: accuracy vs effective FLOPs")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def layer_sparsity(rows: list[dict], groups: list[dict], model, dataset, path: Path,
+                   target: float = LAYER_TARGET) -> Path | None:
+    """Grouped bars: per-layer sparsity (mean over seeds) of each strategy at one target."""
+    targets = sorted({g["target"] for g in groups if isinstance(g.get("target"), (int, float))})
+    if not targets:
+        return None
+    chosen = min(targets, key=lambda t: abs(t - target))
+    per = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("status") == "ok" and r.get("target") == chosen:
+            for layer in r.get("_layers", []):
+                if layer.get("params"):
+                    per[label(r)][layer["name"]].append(1 - layer["nonzero"] / layer["params"])
+    if not per:
+        return None
+    layers = list(next(iter(per.values())))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.4 * len(layers) * len(per)), 4.5))
+    width = 0.8 / len(per)
+    for i, (name, by_layer) in enumerate(sorted(per.items())):
+        y = [float(np.mean(by_layer.get(n, [np.nan]))) for n in layers]
+        ax.bar(np.arange(len(layers)) + (i - (len(per) - 1) / 2) * width, y, width, label=name)
+    ax.set_xticks(np.arange(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.axhline(chosen, color="black", linestyle=":", linewidth=1, label=f"target {chosen:g}")
+    ax.set_ylabel("sparsity of the layer")
+    ax.set_title(f"{model} on {dataset}: per-layer sparsity at target {chosen:g}")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def write_all(rows: list[dict], groups: list[dict], out_dir: str | Path) -> list[Path]:
+    """Every plot for every (model, dataset) among the groups; returns the PNGs written."""
+    out_dir, written = Path(out_dir), []
+    pairs = sorted({(g.get("model"), g.get("dataset")) for g in groups if g["status"] == "ok"},
+                   key=str)
+    for model, dataset in pairs:
+        mine = [g for g in groups if g["status"] == "ok" and g.get("model") == model
+                and g.get("dataset") == dataset]
+        my_rows = [r for r in rows if r.get("model") == model and r.get("dataset") == dataset]
+        stem = f"{model}_{dataset}"
+        written += [
+            accuracy_vs_sparsity(mine, model, dataset, out_dir / f"accuracy_sparsity_{stem}.png"),
+            accuracy_vs_flops(mine, model, dataset, out_dir / f"accuracy_flops_{stem}.png"),
+            layer_sparsity(my_rows, mine, model, dataset, out_dir / f"layer_sparsity_{stem}.png"),
+        ]
+    return [p for p in written if p is not None]
