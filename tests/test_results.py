@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli
 from matplotlib import image
 from scipy import stats as sps
@@ -212,3 +213,29 @@ def test_objective_constraints():
     assert objective.value({"status": "diverged"}, drop) == objective.FAILED
     with pytest.raises(ValueError, match="objective.name"):
         objective.value(ok, {"name": "nope"})
+
+
+def test_random_same_density_baseline(cli):
+    results, out = cli(["baseline.random_same_density=true", "strategy.amount=0.8",
+                        "strategy.scope=global", "finetune.epochs=2"])
+    twin = results["baseline"]
+    assert twin["kind"] == "random_same_density"
+    assert twin["budget"] == results["budget"]  # the same fine-tuning budget
+    assert twin["budget"]["finetune_epochs"] == 2 and twin["budget"]["finetune_steps"] > 0
+    # the same number of weights kept in every layer, but other weights
+    assert [(layer["name"], layer["nonzero"]) for layer in twin["final"]["layers"]] == [
+        (layer["name"], layer["nonzero"]) for layer in results["final"]["layers"]]
+    dense = torch.load(out / "checkpoints" / "dense.pt", weights_only=True)
+    ours = torch.load(out / "checkpoints" / "pruned.pt", weights_only=True)
+    theirs = torch.load(out / "baseline" / "checkpoints" / "pruned.pt", weights_only=True)
+    for name, w in theirs.items():
+        if name.endswith("weight"):
+            kept = w != 0
+            assert torch.equal(w[kept], dense[name][kept])  # started from the dense weights
+            assert not torch.equal(kept, ours[name] != 0)
+    # the table credits the criterion with its gain over the twin
+    rows = report(out)
+    assert rows[0]["random_final_acc_mean"] == pytest.approx(twin["final"]["accuracy"])
+    assert rows[0]["gain_vs_random_mean"] == pytest.approx(
+        results["final"]["accuracy"] - twin["final"]["accuracy"])
+    assert results["cost"]["prune_peak_mb"] >= 0 and "RSS" in results["cost"]["memory_method"]
