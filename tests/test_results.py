@@ -25,7 +25,8 @@ LAYERS = [("0.weight", 1000, 300), ("2.weight", 500, 200), ("4.weight", 100, 60)
 
 
 def fake(root, name, *, strategy="l1", amount=0.9, seed=0, final=0.9, status="ok",
-         epochs=2, model="lenet300", dataset="fashion_mnist", variant=None, random=None):
+         epochs=2, model="lenet300", dataset="fashion_mnist", variant=None, random=None,
+         compact=None):
     """A minimal but complete results.json, as the runner writes it."""
     params = sum(p for _, p, _ in LAYERS)
     nonzero = round(params * (1 - amount))
@@ -52,6 +53,8 @@ def fake(root, name, *, strategy="l1", amount=0.9, seed=0, final=0.9, status="ok
         }
         if random is not None:
             results["baseline"] = {"final": {"accuracy": random}}
+        if compact is not None:
+            results["compact"] = compact
     else:
         results["error"] = "non-finite loss in finetune at epoch 0, step 3"
     path = root / name / "results.json"
@@ -70,6 +73,9 @@ def runs(tmp_path):
     fake(root, "snip-diverged", strategy="gradient", variant="snip", seed=3, status="diverged")
     fake(root, "taylor-0", strategy="gradient", variant="taylor", seed=0, final=0.8, epochs=5)
     fake(root, "taylor-1", strategy="gradient", variant="taylor", seed=1, final=0.82, epochs=5)
+    latency = {"batch_1": {"dense_ms": 0.2, "compact_ms": 0.05, "speedup": 4.0}}
+    fake(root, "l2-0", strategy="l2", final=0.7,
+         compact={"macs": 1000, "dense_macs": 9000, "latency": latency})
     return root
 
 
@@ -117,6 +123,8 @@ def test_seed_statistics_match_scipy_and_hand_formulas(runs):
     taylor = find(rows, variant="taylor")
     assert taylor["n"] == 2 and taylor["pairs"] == 2
     assert "budget differs" in taylor["flags"]
+    l2 = find(rows, strategy="l2")  # the compact model's measured latency
+    assert (l2["latency_ms_mean"], l2["dense_latency_ms_mean"]) == (0.05, 0.2)
     # the 50% group has its own baseline comparison: l1 against itself is not tested
     assert find(rows, strategy="l1", target=0.5)["p_value"] is None
 

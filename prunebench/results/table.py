@@ -103,10 +103,11 @@ def row(results: dict, run: str) -> dict:
         "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
         "nonzero": final.get("nonzero"),
         "params": final.get("params"),
-        "flops": dense.get("flops"),
-        "effective_flops": final.get("effective_flops"),
-        "latency_ms": _latency(results.get("compact"), "compact"),
-        "dense_latency_ms": _latency(results.get("compact"), "dense"),
+        # FLOPs from the phases; else the MACs the compaction measured (structured pruning)
+        "flops": dense.get("flops", _get(results, "compact", "dense_macs")),
+        "effective_flops": final.get("effective_flops", _get(results, "compact", "macs")),
+        "latency_ms": _latency(results.get("compact"), "compact_ms"),
+        "dense_latency_ms": _latency(results.get("compact"), "dense_ms"),
         "prune_s": _get(results, "timing", "prune_s"),
         "prune_peak_mb": _get(results, "cost", "prune_peak_mb"),
         "finetune_epochs": _get(results, "budget", "finetune_epochs",
@@ -137,10 +138,8 @@ def _diff(a, b):
 
 
 def _latency(compact, which: str):
-    """Batch-1 CPU latency in ms of the compact model (or the dense one), if measured."""
-    value = _get(compact or {}, "latency_ms", which)
-    if isinstance(value, dict):  # {batch size: ms}: report batch 1
-        value = value.get("1", value.get(1))
+    """Measured batch-1 CPU latency (ms) of the compact model or of its dense original."""
+    value = _get(compact or {}, "latency", "batch_1", which)
     return value if isinstance(value, (int, float)) else None
 
 
