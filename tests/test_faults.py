@@ -75,7 +75,7 @@ def test_sweep_survives_a_crash_and_a_bad_value_and_the_report_skips_malformed_f
                     "train.epochs=1", "finetune.epochs=1", "seed=13,0",
                     "optimizer.momentum=-1,0.5"], cwd=tmp_path,
                    env={"PYTHONPATH": str(tmp_path / "inject")})
-    rows = {(r["seed"], r["status"], r["error"])
+    rows = {(r["seeds"], r["status"], r["error"])
             for r in csv.DictReader((sweep / "comparison.csv").open())}
     assert rows == {("13", "failed", "RuntimeError: injected crash"),
                     ("0", "failed", "ConfigError: optimizer: Invalid momentum value: -1"),

@@ -137,8 +137,8 @@ def _label(row: dict) -> str:
 
 
 def _seed_text(members: list[dict]) -> str:
-    return ",".join(str(s) for s in sorted({m.get("seed") for m in members},
-                                           key=lambda s: (s is None, str(s))))
+    seeds = {m.get("seed") for m in members} - {None}
+    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (not isinstance(s, int), s)))
 
 
 def _isnan(value) -> bool:
