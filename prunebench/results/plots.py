@@ -70,18 +70,23 @@ def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(10, 5))
+    twins = False
     for name, members in sorted(lines.items()):
         members.sort(key=lambda g: g["sparsity_mean"])
         x = [1 / (1 - g["sparsity_mean"]) for g in members]
         y = [g["final_acc_mean"] for g in members]
         err = [g["final_acc_std"] if _finite(g.get("final_acc_std")) else 0 for g in members]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
-    randoms = [g for g in groups if _finite(g.get("random_final_acc_mean"))]
-    if randoms:
-        randoms.sort(key=lambda g: g["sparsity_mean"])
-        ax.scatter([1 / (1 - g["sparsity_mean"]) for g in randoms],
-                   [g["random_final_acc_mean"] for g in randoms], marker="x", color="grey",
-                   label="random mask, same layer densities", zorder=3)
+        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        # the strategy's random twin: same layer densities, same budget, random weights kept
+        twin = [(xi, g["random_final_acc_mean"]) for xi, g in zip(x, members, strict=True)
+                if _finite(g.get("random_final_acc_mean"))]
+        if twin:
+            twins = True
+            ax.plot(*zip(*twin, strict=True), linestyle="--", marker="x", linewidth=1,
+                    color=line.lines[0].get_color(), alpha=0.7)
+    if twins:
+        ax.plot([], [], linestyle="--", marker="x", color="grey",
+                label="dashed: random mask with that strategy's\nlayer densities, same budget")
     dense = [g["dense_acc_mean"] for g in groups if _finite(g.get("dense_acc_mean"))]
     if dense:
         ax.axhline(float(np.mean(dense)), color="black", linestyle=":", linewidth=1,
@@ -101,7 +106,10 @@ def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path
     xs = ours + [x for pts in by_method.values() for x, _ in pts]
     nice = [t for t in (2, 5, 10, 20, 50, 100, 200, 500, 1000) if min(xs) <= t <= max(xs) * 1.001
             and all(abs(math.log(t / o)) > 0.25 for o in ours)]
-    ticks = sorted(ours + nice)
+    ticks = []
+    for t in sorted(ours + nice):  # drop ticks too close to read apart
+        if not ticks or abs(math.log(t / ticks[-1])) > 0.15:
+            ticks.append(t)
     ax.set_xticks(ticks, [f"{t:g}x\n{1 - 1 / t:.1%}".replace(".0%", "%") for t in ticks],
                   fontsize=7)
     ax.minorticks_off()
