@@ -80,6 +80,18 @@ class Optimizer:
 
 
 @dataclass
+class Baseline:
+    random_same_density: bool = False
+
+
+@dataclass
+class Objective:
+    name: str = "final_accuracy"
+    min_sparsity: float = 0.9
+    max_drop: float = 0.01
+
+
+@dataclass
 class Config:
     model: Component = field(default_factory=Component)
     dataset: Component = field(default_factory=Component)
@@ -92,6 +104,8 @@ class Config:
     train: Train = field(default_factory=Train)
     finetune: Finetune = field(default_factory=Finetune)
     cache: Cache = field(default_factory=Cache)
+    baseline: Baseline = field(default_factory=Baseline)
+    objective: Objective = field(default_factory=Objective)
 
 
 GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")
