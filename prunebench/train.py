@@ -101,7 +101,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 if settings.l1:
                     soft_threshold(weights, settings.l1 * optimizer.param_groups[0]["lr"])
                 if masks is not None:
-                    masks.apply()
+                    masks.after_step(optimizer)
                 step += 1
                 if on_step is not None:
                     on_step(step)

@@ -4,7 +4,8 @@ LeNet-300-100, batch 128, SGD with momentum. Three variants of the same training
 interleaved (so machine load hits them alike) and the median per-step time of each is
 compared with the dense step:
   dense        plain step
-  prunebench   prunebench.masks.Masks: gradient and weight masking, two fused foreach ops
+  prunebench   prunebench.masks.Masks as train.fit holds them: masked gradients (one fused
+               foreach op); weights re-zeroed after the step only for optimizers that need it
   torch.prune  torch.nn.utils.prune's forward pre-hooks (weight = weight_orig * mask)
 
     python scripts/bench_overhead.py [--rounds 15] [--steps 50] [--amount 0.9]
@@ -45,7 +46,7 @@ def stepper(model, optimizer, x, y, masks: Masks | None = None):
             masks.mask_grads()
         optimizer.step()
         if masks is not None:
-            masks.apply()
+            masks.after_step(optimizer)  # what train.fit does
     return step
 
 
