@@ -15,11 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prunebench import configs
-from prunebench.configs import GROUPS
+from prunebench.configs import GROUPS  # importing prunebench registers the config schema
 
 log = logging.getLogger("prunebench")
-configs.register()  # the schema Hydra composes against (before @hydra.main runs)
 
 
 def available(group: str) -> list[str]:
