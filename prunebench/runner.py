@@ -81,11 +81,11 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     data = build.dataset(cfg).to(device)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
+    strategy, schedule = build.strategy(cfg), build.schedule(cfg)
+    schedule.check(cfg, data)  # a bad combination stops here, with its one line only
     log.info("%s: %s parameters, %s MACs per image", cfg.model.name,
              f"{sum(p.numel() for p in model.parameters()):,}",
              f"{flops.count(model, data.input_shape)['flops']:,}")
-    strategy, schedule = build.strategy(cfg), build.schedule(cfg)
-    schedule.check(cfg, data)
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
