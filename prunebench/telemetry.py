@@ -2,8 +2,9 @@
 
 Every optimizer step contributes one global gradient norm (one fused `_foreach_norm` over all
 gradients, taken before clipping) and one clipped flag. Both stay on the device as 0-dim
-tensors until the epoch ends, so recording costs no host synchronization per step; the
-statistics are computed once per epoch on the stacked buffer.
+tensors until the epoch ends, so recording adds no host synchronization (train.fit reads the
+norm once per step, as its divergence check); the statistics are computed once per epoch on
+the stacked buffer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ def grad_norm(grads: list[Tensor]) -> Tensor:
     """Global L2 norm of all gradients (the norm clip_grad_norm_ compares with max_norm)."""
     if not grads:
         return torch.zeros(())
-    return nn.utils.get_total_norm(grads)
+    # One fused kernel over all tensors on every device. get_total_norm's foreach path is
+    # CUDA-only and falls back to a Python loop of norms on CPU, at twice the cost per step.
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def clip(params: list[Tensor], norm: Tensor, max_norm: float | None,
@@ -28,9 +31,9 @@ def clip(params: list[Tensor], norm: Tensor, max_norm: float | None,
     `norm` is the global norm before clipping. Value clipping runs first (as in train.fit's
     documented order), then norm clipping on what is left.
     """
-    grads = [p.grad for p in params if p.grad is not None]
     clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
-    if not grads:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or (max_value is None and max_norm is None):
         return clipped
     if max_value is not None:
         clipped = clipped | (nn.utils.get_total_norm(grads, math.inf) > max_value)

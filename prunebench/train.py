@@ -79,22 +79,20 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                                 generator=generator, train=True):
                 with precision.autocast(settings.amp, use_amp):
                     logits = step_model(x)
-                    loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    gradients.nonfinite_loss()
-                    raise Diverged(phase, epoch + 1, step)
-                loss_sum += loss.detach() * len(y)
+                    data_loss = F.cross_entropy(logits, y)
+                loss_sum += data_loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
+                loss = data_loss
                 if settings.l2:
                     loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if not scaler.is_enabled():  # an fp16 overflow is the scaler's to skip
-                    check_gradients(model, phase, epoch + 1, step)
                 if masks is not None:
                     masks.mask_grads()
                 scaler.unscale_(optimizer)  # the norm and clipping see true gradients
                 norm = grad_norm([p.grad for p in params if p.grad is not None])
+                check_finite(data_loss, norm, scaler.is_enabled(), gradients,
+                             (phase, epoch + 1, step))
                 gradients.step(norm, clip(params, norm, settings.max_norm, settings.max_value))
                 scaler.step(optimizer)
                 scaler.update()
@@ -120,12 +118,22 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     return history
 
 
-def check_gradients(model: nn.Module, phase: str, epoch: int, step: int) -> None:
-    """Raise Diverged on any inf/nan gradient. A float64 sum of float32 values cannot overflow,
-    so it is non-finite exactly when a gradient is, at a tenth of the cost of an inf-norm."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if grads and not torch.isfinite(torch.stack([g.sum(dtype=torch.float64) for g in grads]).sum()):
-        raise Diverged(phase, epoch, step, "gradient")
+def check_finite(data_loss: torch.Tensor, norm: torch.Tensor, scaled: bool,
+                 gradients: GradientStats, where: tuple[str, int, int]) -> None:
+    """Raise Diverged, before the optimizer step, on a non-finite loss or gradient.
+
+    One host synchronization per step: a NaN or inf anywhere in the gradients makes their
+    global norm non-finite, and adding the loss folds its check into the same scalar (a norm
+    beyond float32's range, about 1.8e19, counts as divergence too). Under fp16 loss scaling
+    an overflowing gradient is the scaler's to skip, so only the loss is checked.
+    """
+    total = data_loss.detach() if scaled else data_loss.detach() + norm
+    if torch.isfinite(total):
+        return
+    if not torch.isfinite(data_loss):
+        gradients.nonfinite_loss()
+        raise Diverged(*where, "loss")
+    raise Diverged(*where, "gradient")
 
 
 def leaf_weights(model: nn.Module) -> list[torch.Tensor]:

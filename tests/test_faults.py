@@ -11,6 +11,7 @@ from conftest import run_cli
 from torch import nn
 
 from prunebench.data import Dataset, Split
+from prunebench.telemetry import GradientStats
 from prunebench.train import Diverged, FitSettings, fit
 
 
@@ -53,6 +54,36 @@ def test_non_finite_gradient_stops_the_phase():
     assert (caught.value.phase, caught.value.step, caught.value.what) == ("finetune", 0,
                                                                            "gradient")
     assert torch.equal(model.fc.weight, before)  # stopped before the optimizer step
+
+
+class NanAfterFirstBatch(nn.Module):
+    """Finite on the first batch, NaN logits from the second on."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(4, 2), 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.fc(x.flatten(1))
+        return out if self.calls == 1 else out * float("nan")
+
+
+def test_non_finite_loss_is_named_and_counted_before_the_step():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(8, 1, 2, 2, generator=g), torch.randint(2, (8,), generator=g))
+    data = Dataset("t", split, split, None, (1, 2, 2), 2, torch.zeros(1), torch.ones(1), 1.0)
+    model, stats = NanAfterFirstBatch(), GradientStats()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(Diverged) as caught:
+        fit(model, data, optimizer, None, FitSettings(epochs=1, batch_size=4), g, "train",
+            gradients=stats)
+    assert (caught.value.phase, caught.value.epoch, caught.value.step, caught.value.what) == (
+        "train", 1, 1, "loss")
+    summary = stats.summary()
+    assert summary["nonfinite_losses"] == 1 and summary["nonfinite_grads"] == 0
+    assert summary["steps"] == 1  # the diverged step was not recorded or taken
+    assert torch.isfinite(model.fc.weight).all()
 
 
 # a crash no config check can see, injected at interpreter start into the job for seed 13

@@ -16,6 +16,11 @@ from prunebench.masks import Masks, sparsity_report
     lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, weight_decay=1e-3),
     lambda p: torch.optim.NAdam(p, lr=0.01, weight_decay=1e-3),
     lambda p: torch.optim.Adagrad(p, lr=0.1, weight_decay=1e-3),
+    # the fused kernels prunebench.build picks by default must keep zeros exactly as well
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True,
+                              fused=True),
+    lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=1e-3, fused=True),
+    lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, fused=True),
 ])
 def test_pruned_weights_stay_zero_through_optimizer_steps(make_optimizer):
     torch.manual_seed(0)

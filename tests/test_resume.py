@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import BIN
 
-# slow enough to be caught mid-phase: many small steps per epoch, one thread
-ARGS = ["cache.enabled=false", "train.epochs=2", "finetune.epochs=2", "train.batch_size=16",
+# slow enough to be caught mid-phase: many small steps per epoch, one thread, and epochs left
+# after the first (a phase of one fast epoch can end before the signal lands)
+ARGS = ["cache.enabled=false", "train.epochs=4", "finetune.epochs=4", "train.batch_size=16",
         "train.threads=1", "strategy=random", "strategy.amount=0.7"]
 
 

@@ -62,7 +62,7 @@ def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = Fal
         else:
             idx = order[start:start + batch_size]
             xb, yb = split.x.index_select(0, idx), split.y.index_select(0, idx)
-        xb = (xb.float() - offset) * inv
+        xb = torch.sub(xb.float(), offset).mul_(inv)  # sub makes a copy: float data stay put
         if train and data.augment is not None:
             xb = data.augment(xb, generator)
         yield xb, yb
