@@ -58,6 +58,6 @@ def test_compiled_training_matches_eager_training():
         fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), None,
             FitSettings(epochs=2, batch_size=16, compile=compile_model),
             torch.Generator().manual_seed(0), "train")
-        assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), initial))
+        assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), initial, strict=True))
         trained.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(trained[1], trained[0], rtol=1e-4, atol=1e-5)
