@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 
 import torch
@@ -11,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from prunebench import optimizers
 from prunebench.data import Dataset
 from prunebench.schema import ConfigError
 
@@ -53,24 +53,7 @@ def schedule(cfg: DictConfig):
 def optimizer(cfg: DictConfig, model: nn.Module, lr_scale: float = 1.0) -> torch.optim.Optimizer:
     with rejected_as_config_error("optimizer"):
         make = instantiate(cfg.optimizer, lr=cfg.optimizer.lr * lr_scale)
-        return fused_if_offered(make, list(model.parameters()), cfg.optimizer)
-
-
-def fused_if_offered(make, params: list[nn.Parameter],
-                     settings: DictConfig) -> torch.optim.Optimizer:
-    """torch's fused kernels update each tensor in one pass: on CPU an SGD step takes half the
-    time and an Adam step a third. Used where the optimizer offers them and the config leaves
-    `fused`/`foreach` unset (`+optimizer.fused=false` opts out); a torch, device or dtype
-    without them gets the default implementation, which computes the same update."""
-    offered = "fused" in inspect.signature(make.func).parameters
-    # torch checks dtypes and devices only at the first step, so they are checked here
-    eligible = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    if not (offered and eligible) or "fused" in settings or "foreach" in settings:
-        return make(params)
-    try:
-        return make(params, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return make(params)  # a bad value raises here again, as the user's error
+        return optimizers.fused_if_offered(make, list(model.parameters()), cfg.optimizer)
 
 
 def lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import io
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: fused optimizer kernels by default (same update, other rounding)
 # settings that do not change the trained weights
 _IGNORED_TRAIN_KEYS = ("threads",)
 

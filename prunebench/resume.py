@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import io
+from prunebench import io, optimizers
 from prunebench.schema import ConfigError
 from prunebench.telemetry import GradientStats
 
@@ -172,7 +172,7 @@ def training_state(model, optimizer, scheduler, generator: torch.Generator) -> d
 
 def restore_training(saved: dict, model, optimizer, scheduler, generator) -> None:
     model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    optimizers.load_state(optimizer, saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     generator.set_state(saved["generator"])

@@ -19,9 +19,10 @@ def grad_norm(grads: list[Tensor]) -> Tensor:
     """Global L2 norm of all gradients (the norm clip_grad_norm_ compares with max_norm)."""
     if not grads:
         return torch.zeros(())
-    # One fused kernel over all tensors on every device. get_total_norm's foreach path is
-    # CUDA-only and falls back to a Python loop of norms on CPU, at twice the cost per step.
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    # One call over all tensors (fused kernels on CUDA, a C++ loop on CPU). get_total_norm
+    # takes a Python loop of norms on CPU instead, at twice the cost per step.
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]))
 
 
 def clip(params: list[Tensor], norm: Tensor, max_norm: float | None,

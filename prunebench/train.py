@@ -90,8 +90,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 if masks is not None:
                     masks.mask_grads()
                 scaler.unscale_(optimizer)  # the norm and clipping see true gradients
-                norm = grad_norm([p.grad for p in params if p.grad is not None])
-                check_finite(data_loss, norm, scaler.is_enabled(), gradients,
+                grads = [p.grad for p in params if p.grad is not None]
+                norm = grad_norm(grads)
+                check_finite(data_loss, norm, grads, scaler.is_enabled(), gradients,
                              (phase, epoch + 1, step))
                 gradients.step(norm, clip(params, norm, settings.max_norm, settings.max_value))
                 scaler.step(optimizer)
@@ -118,14 +119,16 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     return history
 
 
-def check_finite(data_loss: torch.Tensor, norm: torch.Tensor, scaled: bool,
-                 gradients: GradientStats, where: tuple[str, int, int]) -> None:
+def check_finite(data_loss: torch.Tensor, norm: torch.Tensor, grads: list[torch.Tensor],
+                 scaled: bool, gradients: GradientStats, where: tuple[str, int, int]) -> None:
     """Raise Diverged, before the optimizer step, on a non-finite loss or gradient.
 
     One host synchronization per step: a NaN or inf anywhere in the gradients makes their
-    global norm non-finite, and adding the loss folds its check into the same scalar (a norm
-    beyond float32's range, about 1.8e19, counts as divergence too). Under fp16 loss scaling
-    an overflowing gradient is the scaler's to skip, so only the loss is checked.
+    global norm non-finite, and adding the loss folds its check into the same scalar. Only
+    when that fails are the gradients looked at one by one, since a norm beyond float32's
+    range (about 1.8e19) can overflow from finite gradients; that step is recorded as a
+    non-finite norm, and norm clipping zeroes it. Under fp16 loss scaling an overflowing
+    gradient is the scaler's to skip, so only the loss is checked.
     """
     total = data_loss.detach() if scaled else data_loss.detach() + norm
     if torch.isfinite(total):
@@ -133,7 +136,8 @@ def check_finite(data_loss: torch.Tensor, norm: torch.Tensor, scaled: bool,
     if not torch.isfinite(data_loss):
         gradients.nonfinite_loss()
         raise Diverged(*where, "loss")
-    raise Diverged(*where, "gradient")
+    if not scaled and not all(torch.isfinite(g).all() for g in grads):
+        raise Diverged(*where, "gradient")
 
 
 def leaf_weights(model: nn.Module) -> list[torch.Tensor]:

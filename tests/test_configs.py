@@ -5,15 +5,13 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
-import torch
 from conftest import run_cli
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from prunebench import build, configs
+from prunebench import configs
 from prunebench.cli import GROUPS, available
-from prunebench.schema import ConfigError
 
 configs.register()
 
@@ -61,17 +59,3 @@ def test_criterion_keys_stay_open_and_unknown_keys_fail_in_yaml(tmp_path):
     assert proc.returncode == 1 and "epoch" in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
 
-
-@pytest.mark.parametrize("name", available("optimizer"))
-def test_optimizers_are_fused_by_default_unless_the_config_says(name):
-    model = torch.nn.Linear(4, 3)
-    built = build.optimizer(compose_with([f"optimizer={name}"]), model)
-    assert built.defaults["fused"] is True  # the CPU kernels exist in the pinned torch
-    plain = build.optimizer(compose_with([f"optimizer={name}", "+optimizer.fused=false"]), model)
-    assert not plain.defaults["fused"]
-    # a parameter the fused kernels cannot take falls back to the default implementation
-    complex_model = torch.nn.Linear(4, 3, dtype=torch.complex64)
-    assert not build.optimizer(compose_with([f"optimizer={name}"]),
-                               complex_model).defaults["fused"]
-    with pytest.raises(ConfigError, match="optimizer:"):  # a bad value stays the user's error
-        build.optimizer(compose_with([f"optimizer={name}", "optimizer.lr=-1"]), model)

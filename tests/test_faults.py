@@ -42,18 +42,47 @@ class SqrtNet(nn.Module):
         return nn.functional.linear(x.flatten(1), self.fc.weight.abs().sqrt(), self.fc.bias)
 
 
-def test_non_finite_gradient_stops_the_phase():
-    g = torch.Generator().manual_seed(0)
+def tiny_data(g: torch.Generator) -> Dataset:
     split = Split(torch.randn(8, 1, 2, 2, generator=g), torch.randint(2, (8,), generator=g))
-    data = Dataset("t", split, split, None, (1, 2, 2), 2, torch.zeros(1), torch.ones(1), 1.0)
+    return Dataset("t", split, split, None, (1, 2, 2), 2, torch.zeros(1), torch.ones(1), 1.0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_gradient_stops_the_phase(fused):
+    g = torch.Generator().manual_seed(0)
+    data = tiny_data(g)
     model = SqrtNet()
     before = model.fc.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=fused)
     with pytest.raises(Diverged) as caught:
-        fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), None,
-            FitSettings(epochs=1, batch_size=4), g, "finetune")
+        fit(model, data, optimizer, None, FitSettings(epochs=1, batch_size=4), g, "finetune")
     assert (caught.value.phase, caught.value.step, caught.value.what) == ("finetune", 0,
                                                                            "gradient")
     assert torch.equal(model.fc.weight, before)  # stopped before the optimizer step
+
+
+class HugeGradientNet(nn.Module):
+    """Finite loss and finite gradients whose global L2 norm overflows float32 (about 1e24 per
+    entry, squared past 3.4e38)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        zero = self.fc.weight.sum() - self.fc.weight.sum().detach()  # 0, with gradient 1
+        return self.fc(x.flatten(1)) + torch.tensor([1e24, 0.0]) * zero  # first logit only
+
+
+def test_a_finite_gradient_whose_norm_overflows_is_not_divergence():
+    g = torch.Generator().manual_seed(0)
+    model, stats = HugeGradientNet(), GradientStats()
+    before = model.fc.weight.detach().clone()
+    fit(model, tiny_data(g), torch.optim.SGD(model.parameters(), lr=0.1), None,
+        FitSettings(epochs=1, batch_size=4, max_norm=1.0), g, "train", gradients=stats)
+    summary = stats.summary()
+    assert summary["steps"] == 2 and summary["nonfinite_grads"] == 2  # recorded, as before
+    assert torch.equal(model.fc.weight, before)  # norm clipping scaled those steps to zero
 
 
 class NanAfterFirstBatch(nn.Module):
@@ -71,8 +100,7 @@ class NanAfterFirstBatch(nn.Module):
 
 def test_non_finite_loss_is_named_and_counted_before_the_step():
     g = torch.Generator().manual_seed(0)
-    split = Split(torch.randn(8, 1, 2, 2, generator=g), torch.randint(2, (8,), generator=g))
-    data = Dataset("t", split, split, None, (1, 2, 2), 2, torch.zeros(1), torch.ones(1), 1.0)
+    data = tiny_data(g)
     model, stats = NanAfterFirstBatch(), GradientStats()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(Diverged) as caught:
