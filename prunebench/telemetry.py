@@ -33,8 +33,10 @@ def clip(params: list[Tensor], norm: Tensor, max_norm: float | None,
     documented order), then norm clipping on what is left.
     """
     clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
+    if max_value is None and max_norm is None:  # the common case: no list built per step
+        return clipped
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or (max_value is None and max_norm is None):
+    if not grads:
         return clipped
     if max_value is not None:
         clipped = clipped | (nn.utils.get_total_norm(grads, math.inf) > max_value)
