@@ -10,9 +10,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from prunebench import optimizers
+from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset
-from prunebench.schema import ConfigError
+from prunebench.training import optimizers
+from prunebench.training.loop import FitSettings
 
 
 @contextmanager
@@ -75,3 +76,11 @@ def device(name: str) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
+    return FitSettings(epochs=epochs, batch_size=cfg.train.batch_size,
+                       max_norm=cfg.train.grad_clip.max_norm,
+                       max_value=cfg.train.grad_clip.max_value,
+                       l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2,
+                       amp=cfg.train.get("amp"), compile=cfg.train.get("compile", False))

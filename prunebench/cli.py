@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prunebench.configs import GROUPS  # importing prunebench registers the config schema
+from prunebench.config.schema import GROUPS  # importing prunebench registers the config schema
 
 log = logging.getLogger("prunebench")
 
@@ -58,10 +58,10 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://prunebench.conf", config_name="config")
 def task(cfg: DictConfig) -> float | None:
-    from prunebench import objective, runner  # torch loads here, after Hydra parsed the line
-    from prunebench.results import table
-    from prunebench.resume import Interrupted, stop_on_signals
-    from prunebench.schema import ConfigError
+    from prunebench import runner  # torch loads here, after Hydra parsed the line
+    from prunebench.config.checks import ConfigError
+    from prunebench.results import objective, table
+    from prunebench.runstate.resume import Interrupted, stop_on_signals
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN

@@ -14,10 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import baseline, build, cache, flops, io, resume, schema
-from prunebench.schedules.base import Session, fit_settings
-from prunebench.telemetry import GradientStats
-from prunebench.train import Diverged, evaluate, fit
+from prunebench import build
+from prunebench.config import checks
+from prunebench.pruning import controls, macs
+from prunebench.pruning.session import Session
+from prunebench.runstate import cache, files, resume
+from prunebench.training.loop import Diverged, evaluate, fit
+from prunebench.training.telemetry import GradientStats
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     partial: dict = {}  # what the pipeline finished before a failure, kept in results.json
     state = resume.RunState(cfg, out_dir)
     try:
-        schema.check(cfg)
+        checks.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None:
             results = finished
@@ -51,7 +54,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         results["traceback"] = traceback.format_exc()
         raise
     finally:
-        io.write_json(out_dir / "results.json", results)
+        files.write_json(out_dir / "results.json", results)
         if results["status"] in resume.FINISHED:
             state.finish()
     return results
@@ -85,7 +88,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     schedule.check(cfg, data)  # a bad combination stops here, with its one line only
     log.info("%s: %s parameters, %s MACs per image", cfg.model.name,
              f"{sum(p.numel() for p in model.parameters()):,}",
-             f"{flops.count(model, data.input_shape)['flops']:,}")
+             f"{macs.count(model, data.input_shape)['flops']:,}")
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
@@ -109,10 +112,10 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     session.record("final")
     extra = {}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
-        from prunebench import compact
+        from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)
     if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
-        extra["baseline"] = baseline.random_same_density(cfg, data, dense["state_dict"], session,
+        extra["baseline"] = controls.random_same_density(cfg, data, dense["state_dict"], session,
                                                          out_dir)
     return {
         **session.phases,
@@ -155,7 +158,7 @@ def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
             partial["train_gradients"] = gradients
             snapshots.update(saved["snapshots"])
         history = prefix + fit(
-            model, data, optimizer, scheduler, fit_settings(cfg, cfg.train.epochs), generator,
+            model, data, optimizer, scheduler, build.fit_settings(cfg, cfg.train.epochs), generator,
             "train", on_step=keep_snapshot if snapshot_step else None, gradients=gradients,
             start_epoch=start_epoch,
             on_epoch=resume.dense_saver(run_state, model, optimizer, scheduler, generator,

@@ -33,7 +33,7 @@ from prunebench.data import Split, vision
 from prunebench.models.lenet5 import LeNet5
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
-from prunebench.train import FitSettings, fit
+from prunebench.training.loop import FitSettings, fit
 
 BATCH = 64
 CONF = Path(__file__).resolve().parent.parent / "conf"

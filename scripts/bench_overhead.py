@@ -4,7 +4,7 @@ LeNet-300-100, batch 128, SGD with momentum. Three variants of the same training
 interleaved (so machine load hits them alike) and the median per-step time of each is
 compared with the dense step:
   dense        plain step
-  prunebench   prunebench.masks.Masks as train.fit holds them: masked gradients (one fused
+  prunebench   prunebench.pruning.masks.Masks as train.fit holds them: masked gradients (one fused
                foreach op); weights re-zeroed after the step only for optimizers that need it
   torch.prune  torch.nn.utils.prune's forward pre-hooks (weight = weight_orig * mask)
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from prunebench.masks import Masks
 from prunebench.models.mlp import MLP
+from prunebench.pruning.masks import Masks
 
 
 def make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:

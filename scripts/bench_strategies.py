@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_module
 
 from prunebench import build
 from prunebench.data import batches as iterate
-from prunebench.masks import prunable_weights
+from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies.base import PruneContext
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"

@@ -9,8 +9,8 @@ import torch
 from test_structured import context, conv_net, ready
 from torch import nn
 
-from prunebench.masks import Masks
-from prunebench.schema import ConfigError
+from prunebench.config.checks import ConfigError
+from prunebench.pruning.masks import Masks
 from prunebench.strategies.activation import Activation
 
 

@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from prunebench import configs
 from prunebench.cli import GROUPS, available
+from prunebench.config import schema
 
-configs.register()
+schema.register()
 
 
 def compose_with(overrides: list[str]):

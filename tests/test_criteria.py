@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from prunebench.masks import prunable_weights
+from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies import l0, obs
 from prunebench.strategies.base import PruneContext
 from prunebench.strategies.gradient import Gradient

@@ -11,8 +11,8 @@ from conftest import run_cli
 from torch import nn
 
 from prunebench.data import Dataset, Split
-from prunebench.telemetry import GradientStats
-from prunebench.train import Diverged, FitSettings, fit
+from prunebench.training.loop import Diverged, FitSettings, fit
+from prunebench.training.telemetry import GradientStats
 
 
 def test_huge_learning_rate_is_recorded_as_diverged(tmp_path):

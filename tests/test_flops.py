@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunebench import flops
 from prunebench.models.lenet5 import LeNet5
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
 from prunebench.models.resnet18 import ResNet18
 from prunebench.models.vgg import VGG
+from prunebench.pruning import macs
 
 
 def tiny() -> nn.Module:
@@ -29,24 +29,24 @@ def tiny() -> nn.Module:
 def test_tiny_net_by_hand():
     model = tiny()
     conv1, conv2, fc = model[0], model[2], model[5]
-    counts = flops.layer_macs(model, (2, 6, 6))
+    counts = macs.layer_macs(model, (2, 6, 6))
     assert counts["0"]["macs"] == (4 * 3 * 3) * (2 * 3 * 3)  # outputs x (in/groups x kernel)
     assert counts["2"]["macs"] == (4 * 3 * 3) * (2 * 3 * 3)
     assert counts["5"]["macs"] == 5 * 36
-    assert flops.count(model, (2, 6, 6)) == {"flops": 648 + 648 + 180,
+    assert macs.count(model, (2, 6, 6)) == {"flops": 648 + 648 + 180,
                                              "effective_flops": 648 + 648 + 180}
     with torch.no_grad():  # zero 1/4 of conv1, 1/2 of conv2, 5 of 180 in fc
         conv1.weight.view(-1)[:18] = 0
         conv2.weight.view(-1)[:36] = 0
         fc.weight.view(-1)[:5] = 0
-    assert flops.count(model, (2, 6, 6)) == {"flops": 1476,
+    assert macs.count(model, (2, 6, 6)) == {"flops": 1476,
                                              "effective_flops": 486 + 324 + 175}
 
 
 def test_counting_leaves_batch_norm_statistics_and_mode_alone():
     model = tiny().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    flops.count(model, (2, 6, 6))
+    macs.count(model, (2, 6, 6))
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -65,7 +65,7 @@ def test_dense_counts_match_torch_flop_counter(build, shape):
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, *shape))
-    assert flops.count(model, shape)["flops"] * 2 == counter.get_total_flops()
+    assert macs.count(model, shape)["flops"] * 2 == counter.get_total_flops()
 
 
 def test_resnet56_matches_published_figure():
@@ -74,5 +74,5 @@ def test_resnet56_matches_published_figure():
     downsample (53 in all);
     the classifier 64*10."""
     by_hand = 16 * 32 * 32 * 3 * 9 + 53 * 2_359_296 + 64 * 10
-    assert flops.count(CifarResNet((3, 32, 32), 10, depth=56), (3, 32, 32))["flops"] == by_hand
+    assert macs.count(CifarResNet((3, 32, 32), 10, depth=56), (3, 32, 32))["flops"] == by_hand
     assert round(by_hand / 1e8, 2) == 1.25

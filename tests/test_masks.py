@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.masks import Masks, sparsity_report
+from prunebench.pruning.masks import Masks, sparsity_report
 
 
 @pytest.mark.parametrize("make_optimizer", [

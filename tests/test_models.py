@@ -14,10 +14,11 @@ from datafiles import write_cifar, write_idx
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from prunebench import build, flops
+from prunebench import build
 from prunebench.cli import available
 from prunebench.data import Split
-from prunebench.train import FitSettings, evaluate, fit
+from prunebench.pruning import macs
+from prunebench.training.loop import FitSettings, evaluate, fit
 
 FAMILIES = ["mlp", "lenet300", "lenet5", "resnet", "resnet18", "vgg"]
 IMAGE_DATASETS = ["mnist", "fashion_mnist", "cifar10", "digits", "synthetic"]
@@ -55,7 +56,7 @@ def test_every_model_trains_on_every_image_dataset(model, dataset, data_root, mo
     assert np.isfinite(history[0]["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert 0 <= evaluate(net, data, data.test)["accuracy"] <= 1
-    assert flops.count(net, data.input_shape)["flops"] > 0
+    assert macs.count(net, data.input_shape)["flops"] > 0
 
 
 def test_cli_prunes_models_on_torchvision_datasets(tmp_path, data_root):

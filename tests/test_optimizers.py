@@ -10,11 +10,13 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from prunebench import build, configs, optimizers
+from prunebench import build
 from prunebench.cli import available
-from prunebench.schema import ConfigError
+from prunebench.config import schema
+from prunebench.config.checks import ConfigError
+from prunebench.training import optimizers
 
-configs.register()
+schema.register()
 
 
 def optimizer_config(*overrides: str):

@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from prunebench import precision
 from prunebench.data.synthetic import load
 from prunebench.models.mlp import MLP
-from prunebench.train import FitSettings, fit
+from prunebench.training import precision
+from prunebench.training.loop import FitSettings, fit
 
 
 def train_once(amp: str | None) -> dict:
@@ -26,7 +26,7 @@ def train_once(amp: str | None) -> dict:
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_cpu_is_an_exact_no_op_with_a_log_line(amp, caplog):
     reference = train_once(None)
-    with caplog.at_level(logging.INFO, logger="prunebench.precision"):
+    with caplog.at_level(logging.INFO, logger="prunebench.training.precision"):
         weights = train_once(amp)
     assert f"train.amp={amp} ignored on cpu" in caplog.text
     for name, value in reference.items():

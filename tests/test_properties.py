@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunebench.data import Dataset, Split
-from prunebench.masks import Masks
+from prunebench.pruning.masks import Masks
 from prunebench.strategies.base import Strategy
-from prunebench.train import FitSettings, fit
+from prunebench.training.loop import FitSettings, fit
 
 # small integer scores make ties common; the tie rule is part of what is checked
 score_values = st.one_of(st.integers(0, 4).map(float),

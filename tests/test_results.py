@@ -16,8 +16,7 @@ from conftest import run_cli
 from matplotlib import image
 from scipy import stats as sps
 
-from prunebench import objective
-from prunebench.results import plots
+from prunebench.results import objective, plots
 
 L1 = {0: 0.91, 1: 0.88, 2: 0.90}
 SNIP = {0: 0.93, 1: 0.92, 2: 0.91}

@@ -11,7 +11,7 @@ from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_module
 
 from prunebench import build
-from prunebench.schedules.base import Session
+from prunebench.pruning.session import Session
 from prunebench.schedules.dynamic import Dynamic, attach
 from prunebench.schedules.gradual import cubic_sparsity
 from prunebench.schedules.iterative import geometric_path

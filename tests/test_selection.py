@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from prunebench.masks import prunable_weights
+from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies.base import PruneContext, bottom_k, select_by_amount
 from prunebench.strategies.l1 import L1
 

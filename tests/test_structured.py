@@ -17,9 +17,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from prunebench import build, compact, structure
+from prunebench import build
 from prunebench.data import batches
-from prunebench.masks import Masks
+from prunebench.pruning import compact
+from prunebench.pruning.masks import Masks
+from prunebench.pruning.units import find_units
 from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.l2 import L2
@@ -104,7 +106,7 @@ def test_compact_matches_masked_outputs_and_counts(make, scope):
 
 def test_residual_outputs_stay_whole_and_block_insides_shrink():
     model = ready(res_net())
-    units = structure.find_units(model, torch.randn(2, 1, 8, 8))
+    units = find_units(model, torch.randn(2, 1, 8, 8))
     tied = {"0.weight", "3.conv2.weight", "4.conv2.weight"}  # summed into one stream
     assert set(units.fixed) == tied | {"7.weight"}
     assert "residual" in units.fixed["3.conv2.weight"]

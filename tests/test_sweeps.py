@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from prunebench import objective
+from prunebench.results import objective
 
 TINY = ["train.epochs=2", "finetune.epochs=1", "model.hidden=[32]"]
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from prunebench.data import batches
 from prunebench.data.synthetic import load
-from prunebench.telemetry import GradientStats
-from prunebench.train import FitSettings, fit, soft_threshold
+from prunebench.training.loop import FitSettings, fit, soft_threshold
+from prunebench.training.telemetry import GradientStats
 
 
 def tiny():

@@ -21,10 +21,10 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
-from prunebench import io
+from prunebench.config.checks import ConfigError
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation
-from prunebench.schema import ConfigError
+from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -95,7 +95,7 @@ def cached_tensors(name: str, root: Path, source_dir: str | None, download: bool
             log.warning("%s is unreadable (%s); decoding the dataset again", path,
                         type(err).__name__)
     tensors = read_torchvision(name, root, source_dir, download)
-    io.save_torch(path, tensors)
+    files.save_torch(path, tensors)
     log.info("decoded %s into %s (%d train, %d test images)", name, path,
              len(tensors["train_y"]), len(tensors["test_y"]))
     return tensors
@@ -137,7 +137,7 @@ def stage(source: Source, folder: Path, root: Path, target: Path) -> bool:
         found = {f: first_existing(inner / f, inner / f"{f}.gz") for f in source.files}
         if all(found.values()):
             for f, src in found.items():
-                io.copy_file(src, target / f, gunzip=src.suffix == ".gz")
+                files.copy_file(src, target / f, gunzip=src.suffix == ".gz")
             return True
     return False
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunebench.schema import ConfigError
+from prunebench.config.checks import ConfigError
 
 
 class BasicBlock(nn.Module):

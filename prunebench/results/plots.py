@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from prunebench import io  # noqa: E402
+from prunebench.runstate import files  # noqa: E402
 
 LAYER_TARGET = 0.9
 PUBLISHED_MARKERS = ["*", "P", "X", "D", "^", "v", "s", "p", "h", "<", ">"]
@@ -56,7 +56,7 @@ def _finite(x) -> bool:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    io._atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    files._atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path
 

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from prunebench import io
 from prunebench.results import stats
+from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 # piped output gets a wide fixed width rather than rich's 80 columns, so tables stay readable
@@ -314,9 +314,9 @@ def write(groups: list[dict], out_dir: str | Path,
     for ext in formats:
         path = out_dir / f"comparison.{ext}"
         if ext == "json":
-            io.write_json(path, records(groups))
+            files.write_json(path, records(groups))
         else:
-            io.write_text(path, markdown(groups) if ext == "md" else csv_text(groups))
+            files.write_text(path, markdown(groups) if ext == "md" else csv_text(groups))
         paths.append(path)
     return paths
 

@@ -1,135 +1,15 @@
-"""The Session a schedule drives: prune to a target, fine-tune with masks held, record.
-
-A schedule decides *when* masks change and calls `session.prune(amount)` and
-`session.finetune(epochs, on_step=...)`; the strategy decides *which* weights.
-"""
+"""A schedule's base class and the helpers schedules share; the Session they drive lives in
+prunebench/pruning/session.py."""
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 
-from prunebench import build, flops, io, memory
-from prunebench.data import Dataset, batches
-from prunebench.masks import Masks, sparsity_report
-from prunebench.resume import Replay
-from prunebench.schema import ConfigError
-from prunebench.strategies.base import PruneContext, Strategy
-from prunebench.telemetry import GradientStats
-from prunebench.train import FitSettings, evaluate, fit
-
-log = logging.getLogger(__name__)
-
-
-class Session:
-    def __init__(self, cfg: DictConfig, model: nn.Module, data: Dataset, strategy: Strategy,
-                 out_dir: Path, first_step: int = 0):
-        self.cfg, self.model, self.data, self.strategy = cfg, model, data, strategy
-        self.out_dir = out_dir
-        self.masks = Masks(model)
-        self.step = first_step
-        self.events: list[dict] = []
-        self.phases: dict[str, dict] = {}
-        self.history: dict[str, list] = {}
-        self.gradients: dict[str, GradientStats] = {}
-        # weights to rewind to (lottery tickets): "init", and "epoch_<k>" when dense training
-        # kept that snapshot; filled by the runner
-        self.rewind_states: dict[str, dict[str, torch.Tensor]] = {}
-        self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
-        self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
-        self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
-
-    def context(self) -> PruneContext:
-        def train_batches():
-            return batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
-                           generator=self.generator)
-        return PruneContext(train_batches, F.cross_entropy, self.data.train.x.device,
-                            self.generator)
-
-    def prune(self, amount: float | None) -> None:
-        """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
-        if self.replay.active:
-            return self.replay.event(self)
-        start = time.perf_counter()
-        with memory.peak(self.data.train.x.device) as used:
-            new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
-                                      self.context(), amount)
-        self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
-                     "memory_method": used["method"]}
-        pruned, recovered = self.masks.update(new)
-        self.masks.apply()
-        if self.optimizer is not None:
-            self.masks.clear_optimizer_state(self.optimizer)
-        self.timing["prune_s"] += time.perf_counter() - start
-        self.log_event(pruned, recovered, amount=amount)
-
-    def log_event(self, pruned: int, recovered: int, sparsity: float | None = None,
-                  amount: float | None = None) -> None:
-        """Keep one pruning event (with the amount asked for, if any); sparsity is read off
-        the weights unless given."""
-        if sparsity is None:
-            sparsity = sparsity_report(self.model)["sparsity"]
-        self.events.append({"step": self.step, "amount": amount, "sparsity": sparsity,
-                            "pruned": pruned, "recovered": recovered})
-        log.info("mask update at step %d: sparsity %.4f (+%d pruned, %d recovered)",
-                 self.step, sparsity, pruned, recovered)
-
-    def finetune(self, epochs: int, on_step: Callable[[int], None] | None = None,
-                 phase: str = "finetune", hold_masks: bool = True) -> None:
-        """Train the pruned model for `epochs` with masks held (lr scaled by lr_scale).
-
-        `hold_masks=False` leaves weights and gradients unmasked: for schedules that mask in
-        the forward pass instead (dynamic network surgery).
-        """
-        start = time.perf_counter()
-        cfg = self.cfg
-        self.optimizer = build.optimizer(cfg, self.model, cfg.finetune.lr_scale)
-        scheduler = build.lr_scheduler(cfg, self.optimizer, epochs)
-        settings = fit_settings(cfg, epochs)
-
-        def step_hook(step: int) -> None:
-            self.step = step
-            if on_step is not None:
-                on_step(step)
-
-        self.budget["finetune_epochs"] += epochs
-        self.budget["finetune_steps"] += epochs * self.steps_per_epoch()
-        start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler)
-        if start_at is None:  # finished before an interruption
-            return
-        start_epoch, prefix = start_at
-        history = prefix + fit(
-            self.model, self.data, self.optimizer, scheduler, settings, self.generator, phase,
-            self.masks if hold_masks else None, step_hook, first_step=self.step,
-            gradients=self.gradients.setdefault(phase, GradientStats()),
-            start_epoch=start_epoch,
-            on_epoch=self.replay.saver(self, phase, self.optimizer, scheduler, prefix))
-        self.history.setdefault(phase, []).extend(history)
-        self.timing["finetune_s"] += time.perf_counter() - start
-
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.cfg, self.data)
-
-    def record(self, phase: str) -> dict:
-        """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
-        if self.replay.active:
-            return self.replay.record(self, phase)
-        metrics = evaluate(self.model, self.data, self.data.test) | sparsity_report(self.model)
-        metrics |= flops.count(self.model, self.data.input_shape)  # MACs per image
-        self.phases[phase] = metrics
-        save_checkpoint(self.model, self.out_dir, phase)
-        return metrics
+from prunebench.config.checks import ConfigError
+from prunebench.data import Dataset
+from prunebench.pruning.session import Session
 
 
 class Schedule:
@@ -154,16 +34,3 @@ def require_amount(cfg: DictConfig, schedule: str) -> float:
         raise ConfigError(f"schedule={schedule} needs strategy.amount (a target sparsity), "
                           f"not strategy.threshold")
     return amount
-
-
-def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
-    return FitSettings(epochs=epochs, batch_size=cfg.train.batch_size,
-                       max_norm=cfg.train.grad_clip.max_norm,
-                       max_value=cfg.train.grad_clip.max_value,
-                       l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2,
-                       amp=cfg.train.get("amp"), compile=cfg.train.get("compile", False))
-
-
-def save_checkpoint(model: nn.Module, out_dir: Path, phase: str) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    io.save_torch(out_dir / "checkpoints" / f"{phase}.pt", state)

@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset
 from prunebench.schedules.base import Schedule, Session, require_amount
-from prunebench.schema import ConfigError
 from prunebench.strategies.base import select_by_amount
 
 VARIANTS = ("dns", "rigl")

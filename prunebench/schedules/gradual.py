@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset
 from prunebench.schedules.base import Schedule, Session, require_amount, steps_per_epoch
-from prunebench.schema import ConfigError
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, frequency: int,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from prunebench.cache import rewind_epoch
+from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset
+from prunebench.runstate.cache import rewind_epoch
 from prunebench.schedules.base import Schedule, Session, require_amount
-from prunebench.schema import ConfigError
 
 
 def geometric_path(target: float, rounds: int) -> list[float]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunebench import structure
-from prunebench.schema import ConfigError
+from prunebench.config.checks import ConfigError
+from prunebench.pruning.units import example_input, find_units
 from prunebench.strategies.base import PruneContext, Strategy, expand_units
 
 VARIANTS = ("mean", "apoz", "entropy")
@@ -45,8 +45,8 @@ class Activation(Strategy):
         model = ctx.model
         units = self.units
         if units is None:  # granularity=weight: trace here
-            example = structure.example_input(model, next(iter(ctx.batches()))[0])
-            units = structure.find_units(model, example)
+            example = example_input(model, next(iter(ctx.batches()))[0])
+            units = find_units(model, example)
         outputs: dict[str, list[Tensor]] = {n: [] for n in weights}
         handles = []
         for name in weights:

@@ -50,7 +50,7 @@ class Strategy:
         self.name, self.amount, self.threshold = name, amount, threshold
         self.scope, self.granularity = scope, granularity
         self.allow_collapse = allow_collapse
-        self.units = None  # granularity=neuron: structure.Units of the model being pruned
+        self.units = None  # granularity=neuron: pruning.units.Units of the model being pruned
         self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
         self.collapsed: list[str] = []  # layers left with no units by the last selection
 
@@ -82,10 +82,11 @@ class Strategy:
         ctx = replace(ctx, model=model, masks=masks, amount=amount)
         scores = None
         if self.granularity == "neuron":
-            from prunebench import structure  # torch-pruning loads for structured runs only
+            # torch-pruning loads for structured runs only
+            from prunebench.pruning.units import example_input, find_units
 
-            example = structure.example_input(model, next(iter(ctx.batches()))[0])
-            self.units = structure.find_units(model, example)
+            example = example_input(model, next(iter(ctx.batches()))[0])
+            self.units = find_units(model, example)
             with torch.enable_grad():
                 scores = self.score_units(weights, ctx)
         if scores is None:
@@ -113,7 +114,7 @@ class Strategy:
 
     def _select_units(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                       amount: float | None) -> dict[str, Tensor]:
-        """Remove whole output units of the layers where that is consistent (structure.py).
+        """Remove whole output units of the layers where that is consistent (units.py).
 
         `amount` is a fraction of removable units (as in torch.nn.utils.prune.ln_structured
         and Torch-Pruning), not of weights; the sparsity a run reports counts the weights
@@ -122,7 +123,7 @@ class Strategy:
         biases, norm parameters and the next layers' input columns are masked too
         (`self.coupled` for the non-prunable ones), so their outputs are exactly zero.
         """
-        from prunebench import structure
+        from prunebench.pruning.units import unit_masks
 
         units = {}
         for n in self.units.layers:
@@ -131,7 +132,7 @@ class Strategy:
             units[n] = s.masked_fill(masks[n].flatten(1).sum(1) == 0, -torch.inf)
         keep = self._keep_units(units, amount)
         params = dict(self.units.graph.model.named_parameters())
-        removed = structure.unit_masks(self.units, keep, params)
+        removed = unit_masks(self.units, keep, params)
         new = {n: m * removed[n] if n in removed else m.clone() for n, m in masks.items()}
         self.coupled = {n: m for n, m in removed.items() if n not in masks}
         return new

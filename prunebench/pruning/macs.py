@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunebench.masks import PRUNABLE
+from prunebench.pruning.masks import PRUNABLE
 
 
 def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, dict]:

@@ -20,7 +20,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import io
+from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: fused optimizer kernels by default (same update, other rounding)
@@ -70,9 +70,9 @@ def load_or_train(directory: str | Path, entry_key: str,
                             str(err).splitlines()[0] if str(err) else type(err).__name__)
                 path.unlink()
         entry = train()
-        io.save_torch(path, entry)
+        files.save_torch(path, entry)
         # written second: an entry without its digest (a crash in between) is rebuilt
-        io.write_text(digest_path, hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+        files.write_text(digest_path, hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
         return entry, False
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from prunebench import build
 from prunebench.data import Dataset
-from prunebench.schedules.base import Session
+from prunebench.pruning.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import io, optimizers
-from prunebench.schema import ConfigError
-from prunebench.telemetry import GradientStats
+from prunebench.config.checks import ConfigError
+from prunebench.runstate import files
+from prunebench.training import optimizers
+from prunebench.training.telemetry import GradientStats
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -139,7 +140,7 @@ class RunState:
 
     def _finished(self, results_path: Path) -> dict | None:
         try:
-            results = io.read_json(results_path)
+            results = files.read_json(results_path)
         except (OSError, ValueError):
             return None
         if not isinstance(results, dict) or results.get("status") not in FINISHED:
@@ -154,7 +155,7 @@ class RunState:
 
     def save(self, kind: str, state: dict) -> None:
         carry = self.carry if kind == "session" else {}
-        io.save_torch(self.path, {"kind": kind, "config": self.config, **carry, **state})
+        files.save_torch(self.path, {"kind": kind, "config": self.config, **carry, **state})
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)

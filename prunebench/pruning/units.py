@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from prunebench.masks import PRUNABLE
+from prunebench.pruning.masks import PRUNABLE
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

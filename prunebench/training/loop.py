@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench import precision
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
-from prunebench.masks import Masks, prunable_weights
-from prunebench.resume import stop_if_requested
-from prunebench.telemetry import GradientStats, clip, grad_norm
+from prunebench.pruning.masks import Masks, prunable_weights
+from prunebench.runstate.resume import stop_if_requested
+from prunebench.training import precision
+from prunebench.training.telemetry import GradientStats, clip, grad_norm
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils import benchmark
 
-from prunebench import io, structure
 from prunebench.data import Dataset, batches
+from prunebench.pruning.units import example_input, find_units
+from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 LATENCY_BATCHES = (1, 64)
@@ -33,7 +34,7 @@ LATENCY_BATCHES = (1, 64)
 def compact(model: nn.Module, example: Tensor) -> tuple[nn.Module, dict]:
     """A smaller copy of `model` without its dead units, and what was done to get it."""
     small = copy.deepcopy(model).cpu()
-    units = structure.find_units(small, example.cpu())
+    units = find_units(small, example.cpu())
     params = dict(small.named_parameters())
     widths, collapsed = {}, []
     dead = {w: torch.nonzero(units.zero_units(w, params)).flatten().tolist()
@@ -55,7 +56,7 @@ def compact(model: nn.Module, example: Tensor) -> tuple[nn.Module, dict]:
 def save(path: Path, small: nn.Module, recipe: dict, model_cfg: dict,
          input_shape: tuple[int, ...], num_classes: int) -> None:
     state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
-    io.save_torch(path, {"state_dict": state, "pruning_history": recipe["pruning_history"],
+    files.save_torch(path, {"state_dict": state, "pruning_history": recipe["pruning_history"],
                          "model": model_cfg, "input_shape": list(input_shape),
                          "num_classes": num_classes})
 
@@ -105,7 +106,7 @@ def measure(dense: nn.Module, small: nn.Module, x: Tensor) -> dict:
 def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> dict:
     """Compact the final model, save checkpoints/compact.pt, return results.json's `compact`."""
     x = next(batches(data, data.test, max(LATENCY_BATCHES)))[0]
-    small, recipe = compact(model, structure.example_input(model, x))
+    small, recipe = compact(model, example_input(model, x))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     save(out_dir / "checkpoints" / "compact.pt", small, recipe, model_cfg, data.input_shape,
          data.num_classes)

@@ -1,0 +1,2 @@
+"""Training: the flat epoch loop and evaluation, gradient telemetry and clipping, mixed
+precision, optimizer construction."""
