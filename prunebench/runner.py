@@ -19,6 +19,7 @@ from prunebench.config import checks
 from prunebench.pruning import controls, macs
 from prunebench.pruning.session import Session
 from prunebench.runstate import cache, files, resume
+from prunebench.strategies import allocation
 from prunebench.training.loop import Diverged, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
@@ -110,7 +111,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     schedule.run(session)
     session.replay.check_done()
     session.record("final")
-    extra = {}
+    extra = {"allocation": allocation.summary(strategy, session.masks.masks)}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)

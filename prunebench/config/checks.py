@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -77,6 +78,10 @@ def check_strategy(cfg: DictConfig) -> None:
     _number(cfg, "strategy.threshold", optional=True, allowed="a number")
     _choice(cfg, "strategy.scope", SCOPES)
     _choice(cfg, "strategy.granularity", GRANULARITIES)
+    problem = allocation.check(_get(cfg, "strategy.allocation"), _get(cfg, "strategy.scope"),
+                               _get(cfg, "strategy.granularity"))
+    if problem:
+        raise ConfigError(problem)
     check_criterion(cfg)
 
 

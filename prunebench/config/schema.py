@@ -68,7 +68,8 @@ class Component:
 class Strategy(Component):
     amount: float | None = None
     threshold: float | None = None
-    scope: str = "global"
+    scope: str = "global"  # alias of allocation: global | layer (= uniform)
+    allocation: str | None = None  # global | uniform | erk | lamp | owl; null: from scope
     granularity: str = "weight"
 
 

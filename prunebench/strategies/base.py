@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from prunebench.strategies import allocation as allocations
+
 SCOPES = ("global", "layer")
 GRANULARITIES = ("weight", "neuron")
 log = logging.getLogger(__name__)
@@ -46,9 +48,15 @@ class Strategy:
 
     def __init__(self, name: str, amount: float | None = None, threshold: float | None = None,
                  scope: str = "global", granularity: str = "weight",
-                 allow_collapse: bool = False):
+                 allow_collapse: bool = False, allocation: str | None = None,
+                 owl_m: float = 5.0, owl_lambda: float = 0.08):
         self.name, self.amount, self.threshold = name, amount, threshold
-        self.scope, self.granularity = scope, granularity
+        # strategy.scope is an alias of strategy.allocation (strategies/allocation.py)
+        self.allocation = allocations.resolve(scope, allocation)
+        self.scope = "layer" if self.allocation == "uniform" else "global"
+        self.granularity = granularity
+        self.owl_m, self.owl_lambda = owl_m, owl_lambda
+        self.outlier_ratios: dict[str, float] | None = None  # allocation=owl, per layer
         self.allow_collapse = allow_collapse
         self.units = None  # granularity=neuron: pruning.units.Units of the model being pruned
         self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
@@ -80,6 +88,8 @@ class Strategy:
         parameters of removed units (see `_select_units`).
         """
         ctx = replace(ctx, model=model, masks=masks, amount=amount)
+        if self.allocation == "owl":
+            self.outlier_ratios = allocations.owl_ratios(self, model, weights, ctx)
         scores = None
         if self.granularity == "neuron":
             # torch-pruning loads for structured runs only
@@ -109,7 +119,8 @@ class Strategy:
         if amount is None:
             keep = {n: s >= self.threshold for n, s in scores.items()}
         else:
-            keep = select_by_amount(scores, amount, self.scope)
+            keep = allocations.select(scores, amount, self.allocation, self.outlier_ratios,
+                                      self.owl_lambda)
         return {n: keep[n].to(masks[n].dtype) * masks[n] for n in masks}
 
     def _select_units(self, scores: dict[str, Tensor], masks: dict[str, Tensor],

@@ -62,10 +62,9 @@ class L0(Strategy):
                  threshold: float | None = None, scope: str = "global",
                  granularity: str = "weight", **penalty):
         # `lambda` is a Python keyword, so it arrives through **penalty
-        super().__init__(name, amount, threshold, scope, granularity)
-        self.lam = float(penalty.pop("lambda", 1e-4))
-        if penalty:
-            raise TypeError(f"unexpected strategy keys: {', '.join(penalty)}")
+        lam = penalty.pop("lambda", 1e-4)
+        super().__init__(name, amount, threshold, scope, granularity, **penalty)
+        self.lam = float(lam)
         self.epochs, self.lr, self.gate_lr, self.init_open = epochs, lr, gate_lr, init_open
         if amount is None and threshold is None:
             self.threshold = CLOSED_BELOW

@@ -1,0 +1,127 @@
+"""Layer allocation (strategy.allocation) against closed forms and brute force."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prunebench.pruning.masks import prunable_weights
+from prunebench.strategies import allocation
+from prunebench.strategies.base import PruneContext
+from prunebench.strategies.l1 import L1
+
+
+def hand_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def prune(model, amount, allocation_name, batches=()):
+    weights = prunable_weights(model)
+    masks = {n: torch.ones_like(w) for n, w in weights.items()}
+    ctx = PruneContext(lambda: iter(batches), nn.functional.cross_entropy,
+                       torch.device("cpu"), torch.Generator().manual_seed(0))
+    strategy = L1("l1", amount=amount, allocation=allocation_name)
+    return strategy.prune(model, weights, masks, ctx, amount), strategy
+
+
+@pytest.mark.parametrize("amount", [0.5, 0.9, 0.97])
+def test_erk_densities_equal_the_closed_form_and_the_total_is_exact(amount):
+    model = hand_model()
+    shapes = {n: tuple(w.shape) for n, w in prunable_weights(model).items()}
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    # closed form: density = eps * sum(dims) / prod(dims); layers over 1 dense, eps re-solved
+    dense, kept = set(), (1 - amount) * total
+    for _ in shapes:
+        rest = [n for n in shapes if n not in dense]
+        eps = (kept - sum(sizes[n] for n in dense)) / sum(sum(shapes[n]) for n in rest)
+        dense |= {n for n in rest if eps * sum(shapes[n]) / sizes[n] > 1}
+    expected = {n: 1.0 if n in dense else eps * sum(shapes[n]) / sizes[n] for n in shapes}
+    got = allocation.erk_densities(shapes, amount)
+    for n in shapes:
+        assert got[n] == pytest.approx(expected[n], rel=1e-12), n
+
+    masks, _ = prune(model, amount, "erk")
+    nonzero = {n: int(m.sum()) for n, m in masks.items()}
+    assert total - sum(nonzero.values()) == round(amount * total)  # exact total sparsity
+    for n in shapes:  # each layer within one weight of its ERK density
+        assert abs(nonzero[n] - expected[n] * sizes[n]) < 1 + 1e-9, n
+    if amount == 0.5:
+        assert dense, "the small first conv should be kept dense at 50%"
+
+
+def test_lamp_scores_equal_brute_force_and_rank_globally():
+    model = hand_model()
+    weights = prunable_weights(model)
+    scores = {n: w.detach().abs() for n, w in weights.items()}
+    lamp = allocation.lamp_scores(scores)
+    for n, s in scores.items():
+        values = s.flatten().tolist()
+        for i, v in enumerate(values[:60]):
+            brute = v * v / sum(u * u for u in values if u >= v)
+            assert lamp[n].flatten()[i].item() == pytest.approx(brute, rel=1e-9)
+    masks, _ = prune(model, 0.8, "lamp")
+    flat = sorted((lamp[n].flatten()[i].item(), n, i) for n in weights
+                  for i in range(weights[n].numel()))
+    removed = {(n, i) for _, n, i in flat[:round(0.8 * len(flat))]}
+    for n, m in masks.items():
+        for i, keep in enumerate(m.flatten().tolist()):
+            assert keep == (0.0 if (n, i) in removed else 1.0)
+    # the largest weight of every layer has LAMP score 1: no layer is ever emptied
+    assert all(m.sum() >= 1 for m in masks.values())
+
+
+def test_owl_lowers_sparsity_where_outliers_are_more_and_hits_the_total():
+    model = hand_model()
+    with torch.no_grad():  # plant outliers in the second conv: a few huge weights
+        model[2].weight[:, :, 1, 1] *= 40
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    batches = [(x, torch.zeros(64, dtype=torch.long))]
+    masks, strategy = prune(model, 0.8, "owl", batches)
+    ratios = strategy.outlier_ratios
+    assert max(ratios, key=ratios.get) == "2.weight"
+    # the ratio is the fraction of |W_ij| * ||X_j|| above 5x its mean, by hand for one layer
+    w, h = model[4].weight.detach(), nn.Sequential(*model[:4])(x)
+    a = w.abs() * h.pow(2).sum(0).sqrt()
+    assert ratios["4.weight"] == pytest.approx(float((a > 5 * a.mean()).float().mean()))
+    density = {n: float(m.mean()) for n, m in masks.items()}
+    assert density["2.weight"] == max(density.values())
+    assert all(abs(d - 0.2) <= 2 * strategy.owl_lambda + 1e-3 for d in density.values())
+    total = sum(m.numel() for m in masks.values())
+    assert total - sum(int(m.sum()) for m in masks.values()) == round(0.8 * total)
+
+
+def test_scope_is_an_alias_and_contradictions_are_one_line(cli):
+    assert allocation.resolve("layer", None) == "uniform"
+    assert allocation.resolve("global", None) == "global"
+    assert allocation.resolve("global", "erk") == "erk"
+    model = hand_model()
+    uniform, _ = prune(model, 0.6, "uniform")
+    layer = L1("l1", amount=0.6, scope="layer").select(
+        {n: w.abs() for n, w in prunable_weights(model).items()},
+        {n: torch.ones_like(w) for n, w in prunable_weights(model).items()}, 0.6)
+    assert all(torch.equal(uniform[n], layer[n]) for n in uniform)
+
+    from omegaconf import OmegaConf
+
+    from prunebench.config import checks
+    bad = OmegaConf.create({"strategy": {"name": "l1", "amount": 0.5, "scope": "layer",
+                                         "allocation": "erk", "granularity": "weight"}})
+    with pytest.raises(checks.ConfigError, match="scope=layer contradicts .*allocation=erk"):
+        checks.check_strategy(bad)
+
+    results, out = cli(["strategy.allocation=erk", "strategy.amount=0.9"])
+    chosen = results["allocation"]
+    assert chosen["name"] == "erk"
+    layers = {layer["name"]: layer for layer in results["final"]["layers"]}
+    for name, density in chosen["densities"].items():
+        assert density == pytest.approx(layers[name]["nonzero"] / layers[name]["params"])
+    assert results["final"]["sparsity"] == pytest.approx(
+        round(0.9 * results["final"]["params"]) / results["final"]["params"])
+    assert json.loads((out / "results.json").read_text())["status"] == "ok"
