@@ -71,6 +71,7 @@ class Strategy(Component):
     scope: str = "global"  # alias of allocation: global | layer (= uniform)
     allocation: str | None = None  # global | uniform | erk | lamp | owl; null: from scope
     granularity: str = "weight"
+    exclude: list[str] = field(default_factory=list)  # name patterns of layers left dense
 
 
 @dataclass
@@ -83,6 +84,14 @@ class Optimizer:
 @dataclass
 class Baseline:
     random_same_density: bool = False
+
+
+@dataclass
+class Export:
+    """Files written from the final model (results/export.py)."""
+
+    onnx: bool = False         # checkpoints/final.onnx (+ compact.onnx), checked by onnxruntime
+    safetensors: bool = False  # checkpoints/final.safetensors
 
 
 @dataclass
@@ -106,6 +115,7 @@ class Config:
     finetune: Finetune = field(default_factory=Finetune)
     cache: Cache = field(default_factory=Cache)
     baseline: Baseline = field(default_factory=Baseline)
+    export: Export = field(default_factory=Export)
     objective: Objective = field(default_factory=Objective)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -11,10 +14,31 @@ ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.o
                    torch.optim.Adagrad, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The `weight` of every Linear and Conv layer, keyed by parameter name, in model order."""
-    return {f"{name}.weight" if name else "weight": module.weight
+def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """The `weight` of every Linear and Conv layer, keyed by parameter name, in model order.
+
+    Layers left dense are skipped: those matching a pattern of `exclude` (strategy.exclude)
+    or of the model's own `dense_by_default` (a class attribute, e.g. `("lm_head.*",)`).
+    """
+    dense = dense_patterns(model, exclude)
+    return {weight: module.weight for weight, module in _layers(model).items()
+            if not is_dense(weight, dense)}
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {f"{name}.weight" if name else "weight": module
             for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+
+
+def dense_patterns(model: nn.Module, exclude: Iterable[str] = ()) -> list[re.Pattern]:
+    """Compiled patterns of layers left dense: the run's `exclude` and the model's own."""
+    return [re.compile(p) for p in (*exclude, *getattr(model, "dense_by_default", ()))]
+
+
+def is_dense(weight: str, patterns: list[re.Pattern]) -> bool:
+    """A pattern matches the whole layer name (`fc.0`) or its weight's name (`fc.0.weight`)."""
+    layer = weight.removesuffix(".weight")
+    return any(p.fullmatch(layer) or p.fullmatch(weight) for p in patterns)
 
 
 class Masks:
@@ -26,8 +50,8 @@ class Masks:
     what keeps the overhead to a few percent.
     """
 
-    def __init__(self, model: nn.Module):
-        self.weights = prunable_weights(model)
+    def __init__(self, model: nn.Module, exclude: Iterable[str] = ()):
+        self.weights = prunable_weights(model, exclude)
         self.masks = {n: torch.ones_like(w) for n, w in self.weights.items()}
         # masks of other parameters that go with removed units (biases, norm scales and
         # shifts; granularity=neuron): held the same way, not counted as prunable weights
@@ -91,10 +115,14 @@ class Masks:
         return {n: m.bool() for n, m in (self.masks | self.coupled).items()}
 
 
-def sparsity_report(model: nn.Module) -> dict:
-    """Counts read off the weights themselves (not the masks), so they are the truth."""
+def sparsity_report(model: nn.Module, exclude: Iterable[str] = ()) -> dict:
+    """Counts read off the weights themselves (not the masks), so they are the truth.
+
+    `params` / `nonzero` / `sparsity` count the prunable weights (layers left dense are not
+    among them); `total_*` count every parameter.
+    """
     layers = []
-    for name, w in prunable_weights(model).items():
+    for name, w in prunable_weights(model, exclude).items():
         layers.append({"name": name, "params": w.numel(), "nonzero": int(torch.count_nonzero(w))})
     params = sum(layer["params"] for layer in layers)
     nonzero = sum(layer["nonzero"] for layer in layers)

@@ -35,7 +35,7 @@ class Session:
                  out_dir: Path, first_step: int = 0):
         self.cfg, self.model, self.data, self.strategy = cfg, model, data, strategy
         self.out_dir = out_dir
-        self.masks = Masks(model)
+        self.masks = Masks(model, strategy.exclude)
         self.step = first_step
         self.events: list[dict] = []
         self.phases: dict[str, dict] = {}
@@ -80,7 +80,7 @@ class Session:
         """Keep one pruning event (with the amount asked for, if any); sparsity is read off
         the weights unless given."""
         if sparsity is None:
-            sparsity = sparsity_report(self.model)["sparsity"]
+            sparsity = sparsity_report(self.model, self.strategy.exclude)["sparsity"]
         self.events.append({"step": self.step, "amount": amount, "sparsity": sparsity,
                             "pruned": pruned, "recovered": recovered})
         log.info("mask update at step %d: sparsity %.4f (+%d pruned, %d recovered)",
@@ -126,7 +126,8 @@ class Session:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
         if self.replay.active:
             return self.replay.record(self, phase)
-        metrics = evaluate(self.model, self.data, self.data.test) | sparsity_report(self.model)
+        metrics = evaluate(self.model, self.data, self.data.test)
+        metrics |= sparsity_report(self.model, self.strategy.exclude)
         metrics |= macs.count(self.model, self.data.input_shape)  # MACs per image
         self.phases[phase] = metrics
         save_checkpoint(self.model, self.out_dir, phase)

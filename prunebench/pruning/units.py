@@ -17,13 +17,14 @@ computes what the physically smaller one does (compact.py removes the same slice
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from prunebench.pruning.masks import PRUNABLE
+from prunebench.pruning.masks import PRUNABLE, dense_patterns, is_dense
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -98,8 +99,11 @@ def example_input(model: nn.Module, x: Tensor) -> Tensor:
     return x[:2].to(next(model.parameters()).device)
 
 
-def find_units(model: nn.Module, example: Tensor) -> Units:
-    """Trace `model` (in eval mode, so norm statistics are untouched) and classify layers."""
+def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -> Units:
+    """Trace `model` (in eval mode, so norm statistics are untouched) and classify layers.
+
+    Layers left dense (strategy.exclude, the model's dense_by_default) are fixed.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -113,9 +117,11 @@ def find_units(model: nn.Module, example: Tensor) -> Units:
               for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     units = Units(graph, layers, {}, {}, names)
     classifier = list(layers.values())[-1]
+    dense = dense_patterns(model, exclude)
     for weight, layer in layers.items():
         units.layers[weight] = layer
-        reason = _why_fixed(units, weight, layer, classifier)
+        reason = "left dense" if is_dense(weight, dense) else _why_fixed(
+            units, weight, layer, classifier)
         if reason:
             del units.layers[weight]
             units.fixed[weight] = reason

@@ -46,7 +46,7 @@ class Activation(Strategy):
         units = self.units
         if units is None:  # granularity=weight: trace here
             example = example_input(model, next(iter(ctx.batches()))[0])
-            units = find_units(model, example)
+            units = find_units(model, example, self.exclude)
         outputs: dict[str, list[Tensor]] = {n: [] for n in weights}
         handles = []
         for name in weights:

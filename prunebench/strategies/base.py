@@ -8,7 +8,8 @@ criterion works with any of them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -49,8 +50,17 @@ class Strategy:
     def __init__(self, name: str, amount: float | None = None, threshold: float | None = None,
                  scope: str = "global", granularity: str = "weight",
                  allow_collapse: bool = False, allocation: str | None = None,
-                 owl_m: float = 5.0, owl_lambda: float = 0.08):
+                 owl_m: float = 5.0, owl_lambda: float = 0.08, exclude: Sequence[str] = ()):
         self.name, self.amount, self.threshold = name, amount, threshold
+        self.exclude = tuple(exclude)  # name patterns of layers left dense
+        for pattern in self.exclude:
+            from prunebench.config.checks import ConfigError  # checks imports this module
+
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"strategy.exclude: {pattern!r} is not a regular expression "
+                                  f"({err})") from None
         # strategy.scope is an alias of strategy.allocation (strategies/allocation.py)
         self.allocation = allocations.resolve(scope, allocation)
         self.scope = "layer" if self.allocation == "uniform" else "global"
@@ -96,7 +106,7 @@ class Strategy:
             from prunebench.pruning.units import example_input, find_units
 
             example = example_input(model, next(iter(ctx.batches()))[0])
-            self.units = find_units(model, example)
+            self.units = find_units(model, example, self.exclude)
             with torch.enable_grad():
                 scores = self.score_units(weights, ctx)
         if scores is None:
