@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
+from prunebench.strategies.patterns import parse_pattern
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("none", "cosine", "step")
@@ -82,6 +83,10 @@ def check_strategy(cfg: DictConfig) -> None:
                                _get(cfg, "strategy.granularity"))
     if problem:
         raise ConfigError(problem)
+    try:
+        parse_pattern(_get(cfg, "strategy.pattern"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     check_criterion(cfg)
 
 

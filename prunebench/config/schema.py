@@ -72,6 +72,7 @@ class Strategy(Component):
     allocation: str | None = None  # global | uniform | erk | lamp | owl; null: from scope
     granularity: str = "weight"
     exclude: list[str] = field(default_factory=list)  # name patterns of layers left dense
+    pattern: str | None = None  # N:M, e.g. 2:4 (strategies/patterns.py)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
     global   one ranking of every weight's score across layers (the default)
     uniform  every layer loses the same fraction (`strategy.scope=layer` means this)
+    row      every output row of every layer loses the same fraction (Wanda's comparison;
+             `strategy.scope=row` means this)
     erk      Erdős–Rényi-Kernel densities (Evci et al. 2020): a layer's density is
              proportional to (sum of its weight's dims) / (product of its dims), scaled so the
              total hits the target; layers that would go over density 1 stay dense
@@ -27,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
-ALLOCATIONS = ("global", "uniform", "erk", "lamp", "owl")
-SCOPE_ALIAS = {"global": "global", "layer": "uniform"}
+ALLOCATIONS = ("global", "uniform", "row", "erk", "lamp", "owl")
+SCOPE_ALIAS = {"global": "global", "layer": "uniform", "row": "row"}
 OWL_BATCHES = 8  # training batches the activation norms of allocation=owl are taken over
 
 
@@ -208,8 +210,9 @@ def select(scores: dict[str, Tensor], amount: float, allocation: str,
     """Keep-masks removing round(amount * n) weights in all, spread as `allocation` says."""
     from prunebench.strategies.base import bottom_k, select_by_amount
 
-    if allocation in ("global", "uniform"):
-        return select_by_amount(scores, amount, "global" if allocation == "global" else "layer")
+    if allocation in ("global", "uniform", "row"):
+        scope = {"global": "global", "uniform": "layer", "row": "row"}[allocation]
+        return select_by_amount(scores, amount, scope)
     if allocation == "lamp":
         return select_by_amount(lamp_scores(scores), amount, "global")
     removed = layer_amounts(allocation, scores, amount, ratios, lam)

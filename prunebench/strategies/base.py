@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.strategies import allocation as allocations
+from prunebench.strategies.patterns import parse_pattern, pattern_keep, row_keep
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "row")
 GRANULARITIES = ("weight", "neuron")
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ class Strategy:
     def __init__(self, name: str, amount: float | None = None, threshold: float | None = None,
                  scope: str = "global", granularity: str = "weight",
                  allow_collapse: bool = False, allocation: str | None = None,
-                 owl_m: float = 5.0, owl_lambda: float = 0.08, exclude: Sequence[str] = ()):
+                 owl_m: float = 5.0, owl_lambda: float = 0.08, exclude: Sequence[str] = (),
+                 pattern: str | None = None):
         self.name, self.amount, self.threshold = name, amount, threshold
+        self.pattern = parse_pattern(pattern)  # (N, M) or None: see patterns.py
+        if self.pattern and (granularity != "weight" or threshold is not None):
+            raise ValueError(f"strategy.pattern={pattern} needs granularity=weight and "
+                             f"strategy.amount, not a threshold")
         self.exclude = tuple(exclude)  # name patterns of layers left dense
         for pattern in self.exclude:
             from prunebench.config.checks import ConfigError  # checks imports this module
@@ -63,7 +69,7 @@ class Strategy:
                                   f"({err})") from None
         # strategy.scope is an alias of strategy.allocation (strategies/allocation.py)
         self.allocation = allocations.resolve(scope, allocation)
-        self.scope = "layer" if self.allocation == "uniform" else "global"
+        self.scope = {"uniform": "layer", "row": "row"}.get(self.allocation, "global")
         self.granularity = granularity
         self.owl_m, self.owl_lambda = owl_m, owl_lambda
         self.outlier_ratios: dict[str, float] | None = None  # allocation=owl, per layer
@@ -126,7 +132,12 @@ class Strategy:
             return self._select_units(scores, masks, amount)
         scores = {n: s.detach().float().masked_fill(masks[n] == 0, -torch.inf)
                   for n, s in scores.items()}
-        if amount is None:
+        if self.pattern is not None:
+            n, m = self.pattern
+            rest = amount if amount is not None else n / m
+            keep = pattern_keep(scores, n, m, amount,
+                                lambda s: select_by_amount(s, rest, self.scope))
+        elif amount is None:
             keep = {n: s >= self.threshold for n, s in scores.items()}
         else:
             keep = allocations.select(scores, amount, self.allocation, self.outlier_ratios,
@@ -205,7 +216,10 @@ def bottom_k(scores: Tensor, k: int) -> Tensor:
 
 
 def select_by_amount(scores: dict[str, Tensor], amount: float, scope: str) -> dict[str, Tensor]:
-    """Keep-masks removing round(amount * n) of the lowest scores, globally or per tensor."""
+    """Keep-masks removing round(amount * n) of the lowest scores, globally, per tensor or per
+    output row."""
+    if scope == "row":
+        return {n: row_keep(s, amount) for n, s in scores.items()}
     if scope == "layer":
         return {n: bottom_k(s.flatten(), round(amount * s.numel())).view_as(s)
                 for n, s in scores.items()}

@@ -1,0 +1,198 @@
+"""SparseGPT (Frantar & Alistarh 2023): Optimal Brain Surgeon made fast enough for 768 wide.
+
+Each layer keeps its outputs W X close. With H = 2 X X^T / N over its calibration inputs,
+damped by `damp` times the mean of its diagonal, the columns of W are visited left to right.
+Removing weight q of a row while the columns left of q are fixed is the OBS step restricted
+to the remaining columns F = {q, q+1, ...}:
+
+    dw_F = -(w_q / [H_F^-1]_qq) [H_F^-1]_q,:
+
+and the rows of U, the upper Cholesky factor of H^-1 (H^-1 = U^T U), hold exactly these
+rows: [H_F^-1]_q,: = U_qq U_q,F. So one factorization serves every column, and every row of
+W is updated at once (they share H). Updates are applied lazily: inside a block of
+`block_size` columns immediately, to the columns right of the block in one matrix product
+once the block is done. The mask is chosen adaptively: at the start of each block (or of each
+group of M columns for N:M) from the weights as updated so far, by w^2 / U_qq^2 (the OBS
+saliency w_q^2 / [H_F^-1]_qq), removing `amount` of the block's weights (per row with
+scope=row). Layers are pruned in sequence with their inputs read through the layers pruned
+before (calibration.py), and the memory the Hessians need is planned and logged first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from prunebench.strategies import calibration
+from prunebench.strategies.autodiff import eval_mode, take_batches
+from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.strategies.patterns import fits_pattern, nm_keep, pattern_removes
+
+log = logging.getLogger(__name__)
+BYTES = 4  # float32
+
+
+class SparseGPT(Strategy):
+    def __init__(self, name: str, batches: int = 8, block_size: int = 128, damp: float = 0.01,
+                 max_memory_gb: float = 2.0, **selection):
+        super().__init__(name, **selection)
+        for key, value in (("batches", batches), ("block_size", block_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"strategy.{key}={value} is invalid: allowed an integer >= 1")
+        if self.allocation not in ("uniform", "row") and self.granularity == "weight":
+            raise ValueError("sparsegpt chooses weights layer by layer: strategy.scope must be "
+                             "layer or row")
+        if self.amount is None:
+            raise ValueError("sparsegpt needs strategy.amount (not a threshold)")
+        self.batches, self.block_size = batches, block_size
+        self.damp, self.max_memory_gb = damp, max_memory_gb
+
+    @torch.no_grad()
+    def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        """granularity=neuron only: OBS saliency w_q^2 / [H^-1]_qq of the dense model, summed
+        per unit by the base class; whole units are removed without compensation."""
+        sums, counts = {}, {}
+        with eval_mode(ctx.model):
+            calibration.collect(ctx.model, list(weights), take_batches(ctx, self.batches),
+                                lambda n, x: accumulate_hessian(sums, counts, n, x),
+                                stop_early=False)
+        out = {}
+        for n, w in weights.items():
+            h = 2 * sums[n] / max(counts[n], 1)
+            h.diagonal().add_(self.damp * h.diagonal().mean())
+            inverse_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal()
+            out[n] = (w.detach().flatten(1).pow(2) / inverse_diag).view_as(w)
+        return out
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, weights: dict[str, Tensor], masks: dict[str, Tensor],
+              ctx: PruneContext, amount: float | None) -> dict[str, Tensor]:
+        if self.granularity == "neuron":
+            return super().prune(model, weights, masks, ctx, amount)
+        batches = take_batches(ctx, self.batches)
+        budget = self.max_memory_gb * 2**30
+        plan = memory_plan(weights, batches[0][0], budget)
+        new = {n: m.clone() for n, m in masks.items()}
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+
+        def start(group: list[str]):
+            sums.clear()
+            counts.clear()
+            return lambda name, x: accumulate_hessian(sums, counts, name, x)
+
+        def prune_group(group: list[str]) -> None:
+            for n in group:
+                hessian = 2 * sums.pop(n) / max(counts[n], 1)
+                w, keep = prune_layer(weights[n], hessian, masks[n], amount, self.scope,
+                                      self.pattern, self.block_size, self.damp)
+                weights[n].copy_(w)  # the next groups read their inputs through this layer
+                new[n] = keep.to(masks[n].dtype) * masks[n]
+
+        with eval_mode(model):
+            calibration.sequential(model, weights, batches, start, prune_group,
+                                   cost=plan.__getitem__, budget=budget, label="sparsegpt")
+        return new
+
+
+def memory_plan(weights: dict[str, Tensor], x: Tensor, budget: float) -> dict[str, int]:
+    """Bytes each layer's Hessian needs while its group gathers inputs, logged before any work.
+
+    Pruning one layer holds H, its Cholesky factors (3 c^2 values) and two copies of the
+    weight (2 r c); the forward pass holds one calibration batch's activations on top.
+    """
+    plan = {n: w[0].numel() ** 2 * BYTES for n, w in weights.items()}
+    work = max(3 * w[0].numel() ** 2 + 2 * w.numel() for w in weights.values()) * BYTES
+    if work > budget:
+        raise ValueError(f"strategy.max_memory_gb={budget / 2**30:g} is too small: pruning "
+                         f"one layer needs {work / 2**30:.3f} GB")
+    log.info("sparsegpt memory plan: Hessians %.1f MB for all %d layers, %.1f MB for the "
+             "largest, %.1f MB to prune one layer, one batch of %s inputs; groups are cut to "
+             "fit strategy.max_memory_gb=%g", sum(plan.values()) / 2**20, len(plan),
+             max(plan.values()) / 2**20, work / 2**20, tuple(x.shape), budget / 2**30)
+    return plan
+
+
+def accumulate_hessian(sums: dict[str, Tensor], counts: dict[str, int], name: str,
+                       x: Tensor) -> None:
+    """Sum of x x^T over the calibration rows (the layer's inputs) and their count."""
+    gram = x.T @ x
+    sums[name] = sums[name] + gram if name in sums else gram
+    counts[name] = counts.get(name, 0) + len(x)
+
+
+def inverse_cholesky(hessian: Tensor, damp: float) -> Tensor:
+    """U with H^-1 = U^T U (upper), for H damped by `damp` x its mean diagonal."""
+    h = hessian.clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(inverse, upper=True)
+
+
+def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, scope: str,
+                pattern: tuple[int, int] | None, block_size: int,
+                damp: float) -> tuple[Tensor, Tensor]:
+    """(new weight, boolean keep-mask) of one layer; `mask` holds what is pruned already."""
+    w = weight.detach().flatten(1).float().clone()
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0  # inputs that are always zero: their weights do nothing
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    u = inverse_cholesky(h, damp)
+    keep = mask.detach().flatten(1) > 0
+    if pattern is not None and not fits_pattern(w, pattern[1]):
+        log.warning("sparsegpt: a layer of width %d cannot take %d:%d groups; unstructured",
+                    w.shape[1], *pattern)
+        pattern = None
+    if pattern is not None:
+        block_size = -(-block_size // pattern[1]) * pattern[1]  # whole groups per block
+    rows, cols = w.shape
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        ub = u[start:end, start:end]
+        block, errors = w[:, start:end].clone(), torch.zeros(rows, end - start, device=w.device)
+        saliency_scale = ub.diagonal().pow(2)
+        if pattern is None:
+            scores = block.pow(2) / saliency_scale
+            keep[:, start:end] &= block_keep(scores, keep[:, start:end], amount, scope,
+                                             start, end, cols)
+        for j in range(end - start):
+            col = start + j
+            if pattern is not None and j % pattern[1] == 0:
+                group = slice(j, j + pattern[1])
+                scores = block[:, group].pow(2) / saliency_scale[group]
+                scores = scores.masked_fill(~keep[:, col:col + pattern[1]], -torch.inf)
+                keep[:, col:col + pattern[1]] &= nm_keep(
+                    scores, pattern_removes(*pattern, amount), pattern[1])
+            kept = block[:, j] * keep[:, col]
+            error = (block[:, j] - kept) / ub[j, j]
+            block[:, j:] -= error.unsqueeze(1) * ub[j, j:].unsqueeze(0)
+            block[:, j] = kept  # exact zeros where pruned
+            errors[:, j] = error
+        w[:, start:end] = block
+        w[:, end:] -= errors @ u[start:end, end:]
+    return w.view_as(weight).to(weight.dtype), keep.view_as(weight)
+
+
+def block_keep(scores: Tensor, keep: Tensor, amount: float, scope: str, start: int, end: int,
+               cols: int) -> Tensor:
+    """Keep-mask of one block: the lowest scores go, already-pruned weights counted first.
+
+    The count is the block's share of round(amount * size) (per layer, or per row with
+    scope=row), taken as a difference of running totals so the blocks add up to the target.
+    """
+    scores = scores.masked_fill(~keep, -torch.inf)
+    rows = scores.shape[0]
+    if scope == "row":
+        k = round(amount * end) - round(amount * start)
+        out = torch.ones_like(keep)
+        if k > 0:
+            out.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        return out
+    k = round(amount * rows * end) - round(amount * rows * start)
+    out = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        out[torch.argsort(scores.flatten(), stable=True)[:k]] = False
+    return out.view_as(keep)
