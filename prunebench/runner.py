@@ -115,6 +115,9 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)
+    if OmegaConf.select(cfg, "export.semi_structured", default=False):
+        from prunebench.pruning import semi_structured
+        extra["semi_structured"] = semi_structured.run(model, data.test.x[:cfg.train.batch_size])
     if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
         extra["baseline"] = controls.random_same_density(cfg, data, dense["state_dict"], session,
                                                          out_dir)

@@ -12,6 +12,14 @@ memory above the starting point (CUDA: torch.cuda.max_memory_allocated; CPU: pea
 set size of a forked child), divided by the same figure for the forward+backward.
 The Hutchinson rows show the cost of P probes against P single Hessian-vector products.
 `--only hessian/obd/exact --model mlp` adds the exact diagonal (one HVP per weight: slow).
+
+    python scripts/bench_strategies.py --lm [--windows 128] [--seq-len 128] [--threads 2]
+
+The LM criteria on one GPT-2-sized MLP layer at a time, Linear(768, 3072) (weight 3072 x 768)
+and Linear(3072, 768) (weight 768 x 3072), calibrated on `--windows` windows of `--seq-len`
+tokens of hidden states (random normal: timing does not depend on the values), 50% and 2:4:
+time of Strategy.prune against one forward pass of the layer over the same windows, and peak
+memory (as above) in MiB and against that forward pass.
 """
 
 from __future__ import annotations
@@ -159,6 +167,55 @@ def peak_memory(fn, device) -> float:
     return max(queue.get(), 1)
 
 
+LM_CRITERIA = [
+    ("wanda 50%", ["strategy=wanda"]),
+    ("wanda 2:4", ["strategy=wanda", "strategy.pattern=2:4"]),
+    ("sparsegpt 50%", ["strategy=sparsegpt"]),
+    ("sparsegpt 2:4", ["strategy=sparsegpt", "strategy.pattern=2:4"]),
+    ("l1 50% (magnitude)", ["strategy=l1", "strategy.scope=layer"]),
+]
+
+
+def forward_only(model, batches):
+    @torch.no_grad()
+    def run():
+        for x, _ in batches:
+            model(x)
+    return run
+
+
+def lm_layers(args) -> None:
+    """SparseGPT and Wanda on the two MLP layers of a GPT-2-small block."""
+    device = torch.device(args.device)
+    per_batch = max(1, args.windows // args.lm_batches)
+    print(f"{args.windows} calibration windows of {args.seq_len} tokens "
+          f"({args.windows * args.seq_len} tokens) in batches of {per_batch}, {device}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'layer':>22s} {'criterion':20s} {'time s':>8s} {'x fwd':>7s} "
+          f"{'peak MiB':>9s} {'x fwd':>6s}")
+    for d_in, d_out in ((768, 3072), (3072, 768)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(d_in, d_out)).to(device)
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(per_batch, args.seq_len, d_in, generator=g).to(device), None)
+                   for _ in range(args.windows // per_batch)]
+        base_fn = forward_only(model, batches)
+        base_t, base_m = timed(base_fn, args.repeats, device), peak_memory(base_fn, device)
+        print(f"{f'Linear({d_in}, {d_out})':>22s} {'one forward pass':20s} {base_t:8.2f} "
+              f"{1:7.1f} {base_m / 2**20:9.1f} {1:6.1f}", flush=True)
+        for label, overrides in LM_CRITERIA:
+            with initialize_config_module("prunebench.conf", version_base="1.3"):
+                cfg = compose("config", overrides=overrides + [
+                    f"strategy.batches={len(batches)}", "strategy.amount=0.5"]
+                    if "l1" not in label else overrides + ["strategy.amount=0.5"])
+            fn = pruner(cfg, model, batches, device)
+            t = timed(fn, args.repeats, device)
+            local = timed(base_fn, args.repeats, device)  # the baseline under today's load
+            m = peak_memory(fn, device)
+            print(f"{'':22s} {label:20s} {t:8.2f} {t / local:7.1f} {m / 2**20:9.1f} "
+                  f"{m / base_m:6.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet300")
@@ -169,8 +226,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help="comma-separated labels to run")
+    parser.add_argument("--lm", action="store_true", help="the LM criteria on GPT-2 MLP layers")
+    parser.add_argument("--windows", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lm-batches", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lm:
+        return lm_layers(args)
     model, batches, device = setup(args)
     base_fn = forward_backward(model, batches, device)
     base_t, base_m = timed(base_fn, args.repeats, device), peak_memory(base_fn, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -220,9 +221,26 @@ def test_wanda_and_sparsegpt_prune_exactly_2_4_through_the_cli(tmp_path):
     run_cli(["-m", f"hydra.sweep.dir={sweep}", f"cache.dir={tmp_path / 'cache'}",
              "train.epochs=1", "finetune.epochs=0", "train.threads=1", "model.hidden=[32,16]",
              "strategy=wanda,sparsegpt", "strategy.pattern=2:4", "strategy.amount=0.5",
-             "strategy.batches=2"], cwd=tmp_path)
+             "strategy.batches=2", "export.semi_structured=true", "device=cpu"], cwd=tmp_path)
     for run in ("0", "1"):
+        results = json.loads((sweep / run / "results.json").read_text())
+        assert results["semi_structured"] == {"skipped": "needs CUDA (device is cpu)"}
         state = torch.load(sweep / run / "checkpoints" / "pruned.pt")
         for name in ("1.weight", "3.weight", "5.weight"):  # Flatten, Linear, ReLU, ...
             zeros = (state[name] == 0).view(state[name].shape[0], -1, 4).sum(-1)
             assert (zeros == 2).all(), (run, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need CUDA")
+def test_semi_structured_export_matches_the_dense_forward_on_cuda():
+    from prunebench.pruning import semi_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 128)).cuda()
+    for layer in (model[0], model[2]):
+        layer.weight.data *= nm_keep(layer.weight.abs(), 2, 4)
+    result = semi_structured.run(model, torch.randn(64, 256, device="cuda"))
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    assert result["converted"] == ["0", "2"]
+    assert result["max_abs_diff"] < 0.05 and result["dense_ms"] > 0 and result["sparse_ms"] > 0

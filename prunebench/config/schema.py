@@ -93,6 +93,7 @@ class Export:
 
     onnx: bool = False         # checkpoints/final.onnx (+ compact.onnx), checked by onnxruntime
     safetensors: bool = False  # checkpoints/final.safetensors
+    semi_structured: bool = False  # CUDA: 2:4 Linears as sparse tensors, latency vs dense
 
 
 @dataclass
