@@ -20,7 +20,7 @@ from prunebench.pruning import controls, macs
 from prunebench.pruning.session import Session
 from prunebench.runstate import cache, files, resume
 from prunebench.strategies import allocation
-from prunebench.training.loop import Diverged, evaluate, fit
+from prunebench.training.loop import Diverged, evaluate, fit, headline
 from prunebench.training.telemetry import GradientStats
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,10 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     model = build.model(cfg, data).to(device)
     strategy, schedule = build.strategy(cfg), build.schedule(cfg)
     schedule.check(cfg, data)  # a bad combination stops here, with its one line only
-    log.info("%s: %s parameters, %s MACs per image", cfg.model.name,
+    log.info("%s: %s parameters, %s MACs per %s", cfg.model.name,
              f"{sum(p.numel() for p in model.parameters()):,}",
-             f"{macs.count(model, data.input_shape)['flops']:,}")
+             f"{macs.count(model, data.input_shape, data.input_dtype)['flops']:,}",
+             "window" if data.task == "lm" else "image")
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
@@ -132,6 +133,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
         "history": {"train": dense["history"], **session.history},
         "gradients": gradient_summaries(partial),
         "cache": {"hit": cache_hit, "dense_train_s": dense["train_s"]},
+        "calibration": session.calibration,
     }
 
 
@@ -169,7 +171,7 @@ def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
                                         prefix, gradients, snapshots))
         # clone: on CPU .cpu() aliases the live weights, which pruning then changes
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        log.info("dense: test accuracy %.4f", evaluate(model, data, data.test)["accuracy"])
+        log.info("dense: test %s", headline(evaluate(model, data, data.test)))
         return {"state_dict": state, "history": history, "gradients": gradients.summary(),
                 "snapshots": snapshots, "train_s": time.perf_counter() - start}
 

@@ -8,7 +8,7 @@ per batch instead of a Python call per sample.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -39,12 +39,19 @@ class Dataset:
     scale: float = 255.0  # raw value of 1.0 (255 for uint8 images)
     # optional whole-batch augmentation applied to normalized training batches
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = field(default=None)
+    # "classify": x are images, y labels; "lm": x are token windows [N, T] (input_shape (T,),
+    # num_classes the vocabulary), y the next tokens, served as they are (data/text.py)
+    task: str = "classify"
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """What a model takes: float images, or int64 token ids."""
+        return torch.long if self.task == "lm" else torch.float32
 
     def to(self, device: torch.device) -> Dataset:
         val = self.val.to(device) if self.val is not None else None
-        return Dataset(self.name, self.train.to(device), self.test.to(device), val,
-                       self.input_shape, self.num_classes, self.mean.to(device),
-                       self.std.to(device), self.scale, self.augment)
+        return replace(self, train=self.train.to(device), test=self.test.to(device), val=val,
+                       mean=self.mean.to(device), std=self.std.to(device))
 
 
 def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = False,
@@ -62,6 +69,9 @@ def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = Fal
         else:
             idx = order[start:start + batch_size]
             xb, yb = split.x.index_select(0, idx), split.y.index_select(0, idx)
+        if data.task == "lm":  # token ids: nothing to normalize or augment
+            yield xb, yb
+            continue
         xb = torch.sub(xb.float(), offset).mul_(inv)  # sub makes a copy: float data stay put
         if train and data.augment is not None:
             xb = data.augment(xb, generator)

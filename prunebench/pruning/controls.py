@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from prunebench import build
 from prunebench.data import Dataset
 from prunebench.pruning.session import Session
+from prunebench.training.loop import headline
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def random_same_density(cfg: DictConfig, data: Dataset, dense_state: dict, run: 
     twin.record("pruned")
     twin.finetune(run.budget["finetune_epochs"], phase="baseline_finetune")
     final = twin.record("final")
-    log.info("random mask with the same layer densities: accuracy %.4f after %d epochs",
-             final["accuracy"], run.budget["finetune_epochs"])
+    log.info("random mask with the same layer densities: %s after %d epochs",
+             headline(final), run.budget["finetune_epochs"])
     return {"kind": "random_same_density", "pruned": twin.phases["pruned"], "final": final,
             "budget": twin.budget, "timing": twin.timing}

@@ -16,8 +16,10 @@ from torch import nn
 from prunebench.pruning.masks import PRUNABLE
 
 
-def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, dict]:
-    """{layer name: {macs, effective_macs}} for one input of `input_shape` (C, H, W)."""
+def layer_macs(model: nn.Module, input_shape: Sequence[int],
+               dtype: torch.dtype = torch.float32) -> dict[str, dict]:
+    """{layer name: {macs, effective_macs}} for one input of `input_shape` (C, H, W), or
+    one window of token ids (T,) with dtype int64."""
     counts: dict[str, dict] = {}
 
     def hook(name: str):
@@ -40,7 +42,7 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, dict]:
     try:
         model.eval()  # no batch-norm statistics updated by the dummy input
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -48,8 +50,9 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, dict]:
     return counts
 
 
-def count(model: nn.Module, input_shape: Sequence[int]) -> dict:
+def count(model: nn.Module, input_shape: Sequence[int],
+          dtype: torch.dtype = torch.float32) -> dict:
     """Totals recorded in every phase of results.json: `flops` and `effective_flops` (MACs)."""
-    layers = layer_macs(model, input_shape).values()
+    layers = layer_macs(model, input_shape, dtype).values()
     return {"flops": sum(layer["macs"] for layer in layers),
             "effective_flops": sum(layer["effective_macs"] for layer in layers)}

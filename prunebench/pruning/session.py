@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -24,7 +23,7 @@ from prunebench.pruning.masks import Masks, sparsity_report
 from prunebench.runstate import files
 from prunebench.runstate.resume import Replay
 from prunebench.strategies.base import PruneContext, Strategy
-from prunebench.training.loop import evaluate, fit
+from prunebench.training.loop import cross_entropy, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,10 @@ class Session:
         self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
         self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        # what data-driven criteria calibrate on: shuffled training batches drawn from the
+        # session's generator (so a one-shot prune draws the first batches of this seed)
+        self.calibration = {"split": "train", "seed": cfg.seed + 1,
+                            "batch_size": cfg.train.batch_size}
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
 
@@ -55,7 +58,7 @@ class Session:
         def train_batches():
             return batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
                            generator=self.generator)
-        return PruneContext(train_batches, F.cross_entropy, self.data.train.x.device,
+        return PruneContext(train_batches, cross_entropy, self.data.train.x.device,
                             self.generator)
 
     def prune(self, amount: float | None) -> None:
@@ -128,7 +131,8 @@ class Session:
             return self.replay.record(self, phase)
         metrics = evaluate(self.model, self.data, self.data.test)
         metrics |= sparsity_report(self.model, self.strategy.exclude)
-        metrics |= macs.count(self.model, self.data.input_shape)  # MACs per image
+        metrics |= macs.count(self.model, self.data.input_shape,  # MACs per image or window
+                              self.data.input_dtype)
         self.phases[phase] = metrics
         save_checkpoint(self.model, self.out_dir, phase)
         return metrics

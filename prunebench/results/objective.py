@@ -5,6 +5,11 @@
 - final_accuracy_at_min_sparsity: final accuracy, subject to sparsity >= objective.min_sparsity;
 - sparsity_at_max_drop: sparsity, subject to dense - final accuracy <= objective.max_drop.
 
+A language model is judged by its test perplexity instead (lower is better): its "accuracy"
+is 1 / perplexity (= exp(-mean token cross-entropy), the geometric mean of the probabilities
+given to the true next tokens, in (0, 1]), and its drop is the relative perplexity increase
+final / dense - 1.
+
 A feasible run scores in [0, 1]; an infeasible one scores minus its constraint violation (in
 (-1, 0]), so every feasible run beats every infeasible one and the search is still pulled
 toward feasibility; a failed or diverged run scores FAILED.
@@ -24,12 +29,16 @@ def value(results: dict, objective: Mapping | None) -> float:
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name} is invalid: allowed {', '.join(OBJECTIVES)}")
     final, dense = results.get("final") or {}, results.get("dense") or {}
-    if results.get("status") != "ok" or "accuracy" not in final:
+    if results.get("status") != "ok" or not ("accuracy" in final or "perplexity" in final):
         return FAILED
+    if "perplexity" in final:
+        score, drop = 1 / final["perplexity"], final["perplexity"] / dense["perplexity"] - 1
+    else:
+        score, drop = final["accuracy"], dense["accuracy"] - final["accuracy"]
     if name == "final_accuracy":
-        return float(final["accuracy"])
+        return float(score)
     if name == "final_accuracy_at_min_sparsity":
         shortfall = float(objective["min_sparsity"]) - final["sparsity"]
-        return float(final["accuracy"]) if shortfall <= 0 else -shortfall
-    excess = (dense["accuracy"] - final["accuracy"]) - float(objective["max_drop"])
+        return float(score) if shortfall <= 0 else -shortfall
+    excess = drop - float(objective["max_drop"])
     return float(final["sparsity"]) if excess <= 0 else -excess

@@ -5,6 +5,8 @@
   match (literature.csv);
 - accuracy vs effective FLOPs, with the Pareto frontier marked (when runs report FLOPs);
 - per-layer sparsity of each strategy at one target (the one nearest 0.9 by default).
+
+Language models are plotted by final test perplexity (lower is better) in place of accuracy.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def label(g: dict) -> str:
     return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
 
 
+def judged(groups: list[dict]) -> tuple[str, str]:
+    """(metric prefix, axis text): accuracy, or perplexity when the groups are language models."""
+    if any(_finite(g.get("final_ppl_mean")) for g in groups):
+        return "ppl", "final test perplexity (lower is better)"
+    return "acc", "final test accuracy"
+
+
 def literature() -> list[dict]:
     text = (resources.files("prunebench.results") / "literature.csv").read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
@@ -62,9 +71,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    metric, axis = judged(groups)
     lines = defaultdict(list)
     for g in groups:
-        if _finite(g.get("final_acc_mean")) and _finite(g.get("sparsity_mean")) \
+        if _finite(g.get(f"final_{metric}_mean")) and _finite(g.get("sparsity_mean")) \
                 and g["sparsity_mean"] < 1:
             lines[label(g)].append(g)
     if not lines:
@@ -74,12 +84,13 @@ def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path
     for name, members in sorted(lines.items()):
         members.sort(key=lambda g: g["sparsity_mean"])
         x = [1 / (1 - g["sparsity_mean"]) for g in members]
-        y = [g["final_acc_mean"] for g in members]
-        err = [g["final_acc_std"] if _finite(g.get("final_acc_std")) else 0 for g in members]
+        y = [g[f"final_{metric}_mean"] for g in members]
+        err = [g[f"final_{metric}_std"] if _finite(g.get(f"final_{metric}_std")) else 0
+               for g in members]
         line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
         # the strategy's random twin: same layer densities, same budget, random weights kept
-        twin = [(xi, g["random_final_acc_mean"]) for xi, g in zip(x, members, strict=True)
-                if _finite(g.get("random_final_acc_mean"))]
+        twin = [(xi, g[f"random_final_{metric}_mean"]) for xi, g in zip(x, members, strict=True)
+                if _finite(g.get(f"random_final_{metric}_mean"))]
         if twin:
             twins = True
             ax.plot(*zip(*twin, strict=True), linestyle="--", marker="x", linewidth=1,
@@ -87,12 +98,12 @@ def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path
     if twins:
         ax.plot([], [], linestyle="--", marker="x", color="grey",
                 label="dashed: random mask with that strategy's\nlayer densities, same budget")
-    dense = [g["dense_acc_mean"] for g in groups if _finite(g.get("dense_acc_mean"))]
+    dense = [g[f"dense_{metric}_mean"] for g in groups if _finite(g.get(f"dense_{metric}_mean"))]
     if dense:
         ax.axhline(float(np.mean(dense)), color="black", linestyle=":", linewidth=1,
                    label=f"dense ({np.mean(dense):.4f})")
     published = [p for p in literature() if p["model"] == model and p["dataset"] == dataset
-                 and p["sparsity"] > 0]
+                 and p["sparsity"] > 0 and metric == "acc"]
     by_method = defaultdict(list)
     for p in published:
         by_method[p["method"]].append((1 / (1 - p["sparsity"]), p["accuracy"]))
@@ -114,41 +125,45 @@ def accuracy_vs_sparsity(groups: list[dict], model, dataset, path: Path) -> Path
                   fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("compression 1/(1 - sparsity)  (sparsity below)")
-    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
-    ax.set_title(f"{model} on {dataset}: accuracy vs sparsity")
+    ax.set_ylabel(f"{axis} (mean ± std over seeds)")
+    ax.set_title(f"{model} on {dataset}: {axis.split()[2]} vs sparsity")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both fewer FLOPs and higher accuracy."""
+def pareto(points: list[tuple[float, float]], lower_is_better: bool = False
+           ) -> list[tuple[float, float]]:
+    """The points no other point beats on both fewer FLOPs and a better value (higher
+    accuracy, or lower perplexity)."""
+    sign = -1 if lower_is_better else 1
     frontier, best = [], -math.inf
-    for flops, acc in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            frontier.append((flops, acc))
-            best = acc
+    for flops, value in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * value > best:
+            frontier.append((flops, value))
+            best = sign * value
     return frontier
 
 
 def accuracy_vs_flops(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    metric, axis = judged(groups)
     points = defaultdict(list)
     for g in groups:
-        if _finite(g.get("final_acc_mean")) and _finite(g.get("effective_flops_mean")):
-            points[label(g)].append((g["effective_flops_mean"], g["final_acc_mean"]))
+        if _finite(g.get(f"final_{metric}_mean")) and _finite(g.get("effective_flops_mean")):
+            points[label(g)].append((g["effective_flops_mean"], g[f"final_{metric}_mean"]))
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, pts in sorted(points.items()):
         ax.scatter(*zip(*pts, strict=True), label=name, alpha=0.8)
-    front = pareto([p for pts in points.values() for p in pts])
+    front = pareto([p for pts in points.values() for p in pts], lower_is_better=metric == "ppl")
     xs, ys = zip(*front, strict=True)
     ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto frontier")
     ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=110, linewidths=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel("effective FLOPs per example (zeros skipped)")
-    ax.set_ylabel("final test accuracy (mean over seeds)")
-    ax.set_title(f"{model} on {dataset}: accuracy vs effective FLOPs")
+    ax.set_xlabel("effective FLOPs per example or window (zeros skipped)")
+    ax.set_ylabel(f"{axis} (mean over seeds)")
+    ax.set_title(f"{model} on {dataset}: {axis.split()[2]} vs effective FLOPs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -2,8 +2,9 @@
 
 A group's cells are mean, sample standard deviation (ddof=1) and the half-width of the 95%
 confidence interval of the mean from Student's t distribution. The paired test compares a
-group's final accuracy with the baseline strategy's group at the same model, dataset, schedule
-and target, pairing runs by seed (scipy.stats.ttest_rel). Runs whose status is not "ok" are
+group's final accuracy (final perplexity for language models, where lower is better) with the
+baseline strategy's group at the same model, dataset, schedule and target, pairing runs by
+seed (scipy.stats.ttest_rel). Runs whose status is not "ok" are
 never averaged in: each is returned as a row of its own.
 """
 
@@ -23,7 +24,8 @@ METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "com
            "nonzero", "params", "flops", "effective_flops", "latency_ms", "dense_latency_ms",
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",
            "random_pruned_acc", "random_final_acc", "gain_vs_random",
-           "grad_max", "clipped")
+           "grad_max", "clipped",
+           "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl")
 BUDGET = ("finetune_epochs", "finetune_steps")
 
 
@@ -94,13 +96,18 @@ def _summarize(members: list[dict], keys: tuple[str, ...]) -> dict:
     if len(set(seeds)) < len(seeds):
         flags.append("repeated seeds")
     row["flags"] = "; ".join(flags)
-    row["_per_seed"] = _per_seed(members, "final_acc")
+    # what the group is judged by: final accuracy, or final perplexity for language models
+    judged = "final_ppl" if any(m.get("final_ppl") is not None for m in members) \
+        else "final_acc"
+    row["_judged"] = judged
+    row["_per_seed"] = _per_seed(members, judged)
     row["_budget"] = {b: _hashable(first.get(b)) for b in BUDGET}
     return row
 
 
 def _compare(out: list[dict], groups: dict, keys: tuple[str, ...], baseline: str) -> None:
-    """Paired difference and p-value of final accuracy against the baseline's group."""
+    """Paired difference and p-value of final accuracy (or perplexity) against the
+    baseline's group."""
     match = [k for k in MATCH if k in keys]
     candidates = [g for g in out if g.get("strategy") == baseline]
     for g in out:
@@ -115,6 +122,8 @@ def _compare(out: list[dict], groups: dict, keys: tuple[str, ...], baseline: str
         refs.sort(key=lambda c: (c.get("scope") != g.get("scope"),
                                  c.get("granularity") != g.get("granularity")))
         ref = refs[0]
+        if ref["_judged"] != g["_judged"]:  # a classifier is never compared with an LM
+            continue
         diff, p, pairs = paired(g["_per_seed"], ref["_per_seed"])
         g |= {"baseline": _label(ref), "diff_vs_baseline": diff, "p_value": p, "pairs": pairs}
         if g["_budget"] != ref["_budget"]:

@@ -53,16 +53,25 @@ ALWAYS = [
     ("finetune_epochs", "ft epochs", "{:.0f}"),
     ("finetune_steps", "ft steps", "{:.0f}"),
 ]
+# language models are judged by test perplexity (lower is better) instead of accuracy
+PERPLEXITY = [
+    ("dense_ppl", "dense ppl", "{:.3f}"),
+    ("pruned_ppl", "pruned ppl", "{:.3f}"),
+    ("final_ppl", "final ppl", "{:.3f}"),
+    ("delta_ppl", "Δ ppl vs dense", "{:+.3f}"),
+]
 OPTIONAL = [
     ("random_final_acc", "random same density", "{:.4f}"),
+    ("random_final_ppl", "random same density ppl", "{:.3f}"),
     ("gain_vs_random", "gain vs random", "{:+.4f}"),
     ("latency_ms", "latency ms", "{:.3f}"),
     ("dense_latency_ms", "dense latency ms", "{:.3f}"),
     ("grad_max", "max grad norm", "{:.3g}"),
     ("clipped", "clipped frac", "{:.3f}"),
 ]
-TERMINAL = ("final_acc", "delta_acc", "sparsity", "random_final_acc", "effective_flops",
-            "latency_ms", "prune_s", "prune_peak_mb", "finetune_epochs")
+TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "random_final_acc",
+            "random_final_ppl", "effective_flops", "latency_ms", "prune_s", "prune_peak_mb",
+            "finetune_epochs")
 
 
 def _get(d: dict, *path, default=None):
@@ -82,6 +91,7 @@ def row(results: dict, run: str) -> dict:
     sparsity = final.get("sparsity")
     dense_acc, final_acc = dense.get("accuracy"), final.get("accuracy")
     random_final = _get(results, "baseline", "final", "accuracy")
+    dense_ppl, final_ppl = dense.get("perplexity"), final.get("perplexity")
     history = results.get("history", {})
     return {
         "run": run,
@@ -99,6 +109,11 @@ def row(results: dict, run: str) -> dict:
         "pruned_acc": _get(results, "pruned", "accuracy"),
         "final_acc": final_acc,
         "delta_acc": _diff(final_acc, dense_acc),
+        "dense_ppl": dense_ppl,
+        "pruned_ppl": _get(results, "pruned", "perplexity"),
+        "final_ppl": final_ppl,
+        "delta_ppl": _diff(final_ppl, dense_ppl),
+        "random_final_ppl": _get(results, "baseline", "final", "perplexity"),
         "sparsity": sparsity,
         "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
         "nonzero": final.get("nonzero"),
@@ -229,13 +244,21 @@ def key_columns(groups: list[dict]) -> list[str]:
 
 
 _NON_KEY = {"status", "n", "seeds", "run", "error", "flags", "baseline", "diff_vs_baseline",
-            "p_value", "pairs", "_per_seed", "_budget"} | {
+            "p_value", "pairs", "_per_seed", "_budget", "_judged"} | {
     f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "ci95")}
 
 
 def metric_columns(groups: list[dict]) -> list[tuple[str, str, str]]:
-    present = [c for c in OPTIONAL if any(_finite(g.get(f"{c[0]}_mean")) for g in groups)]
-    return ALWAYS + present
+    """ALWAYS's columns, perplexity's instead of accuracy's when only language models ran
+    (both when both did), then the optional columns some row fills."""
+    def filled(metric: str) -> bool:
+        return any(_finite(g.get(f"{metric}_mean")) for g in groups)
+
+    judged = ALWAYS
+    if filled("final_ppl") or filled("dense_ppl"):
+        accuracy = ALWAYS[:4] if filled("final_acc") or filled("dense_acc") else []
+        judged = PERPLEXITY + accuracy + ALWAYS[4:]
+    return judged + [c for c in OPTIONAL if filled(c[0])]
 
 
 def _finite(value) -> bool:
@@ -257,10 +280,14 @@ def cell(g: dict, metric: str, fmt: str) -> str:
 
 
 def versus(g: dict) -> str:
-    """`+0.0123 (p=0.041, n=3)` against the baseline strategy, or blank."""
+    """`+0.0123 vs l1 (p=0.041, n=3)` against the baseline strategy (perplexity: `-1.234 ppl
+    vs l1`, lower is better), or blank."""
     if not g.get("baseline"):
         return ""
-    text = f"{g['diff_vs_baseline']:+.4f} vs {g['baseline']}"
+    if g.get("_judged") == "final_ppl":
+        text = f"{g['diff_vs_baseline']:+.3f} ppl vs {g['baseline']}"
+    else:
+        text = f"{g['diff_vs_baseline']:+.4f} vs {g['baseline']}"
     if _finite(g.get("p_value")):
         text += f" (p={g['p_value']:.3g}, n={g['pairs']})"
     return text
@@ -322,14 +349,19 @@ def write(groups: list[dict], out_dir: str | Path,
 
 
 def best_per_target(groups: list[dict]) -> set[int]:
-    """Indices of the highest mean final accuracy per (model, dataset, target)."""
+    """Indices of the highest mean final accuracy (lowest mean final perplexity, for language
+    models) per (model, dataset, target)."""
     best: dict[tuple, int] = {}
     for i, g in enumerate(groups):
-        if g["status"] != "ok" or not _finite(g.get("final_acc_mean")):
+        metric = g.get("_judged", "final_acc")
+        value = g.get(f"{metric}_mean")
+        if g["status"] != "ok" or not _finite(value):
             continue
+        goodness = -value if metric == "final_ppl" else value
         where_ = (g.get("model"), g.get("dataset"), str(g.get("target")))
-        if where_ not in best or g["final_acc_mean"] > groups[best[where_]]["final_acc_mean"]:
-            best[where_] = i
+        if where_ not in best or goodness > best[where_][1]:
+            best[where_] = (i, goodness)
+    best = {k: i for k, (i, _) in best.items()}
     return set(best.values()) if len({g.get("strategy") for g in groups}) > 1 else set()
 
 
@@ -342,7 +374,8 @@ def show(groups: list[dict], title: str = "prunebench comparison") -> None:
     if same:
         title += "\n" + ", ".join(f"{k}={groups[0].get(k)}" for k in same)
     metrics = [c for c in metric_columns(groups) if c[0] in TERMINAL]
-    table = Table(title=title, caption="bold green: best final accuracy at its target")
+    table = Table(title=title, caption="bold green: best final accuracy (lowest perplexity) "
+                                       "at its target")
     for k in keys:
         table.add_column(k, justify="right" if k == "target" else "left")
     table.add_column("n", justify="right")
@@ -368,15 +401,18 @@ def show_run(results: dict) -> None:
     seconds = {"dense": timing.get("train_s"), "pruned": timing.get("prune_s"),
                "final": timing.get("finetune_s")}
     table = Table(title=f"prunebench: {results.get('status')}")
-    for header in ("phase", "accuracy", "loss", "sparsity", "nonzero / params", "time s"):
+    judged = "perplexity" if "perplexity" in (results.get("dense") or {}) else "accuracy"
+    for header in ("phase", judged, "loss", "sparsity", "nonzero / params", "time s"):
         table.add_column(header, justify="left" if header == "phase" else "right")
+    fmt = "{:.3f}" if judged == "perplexity" else "{:.4f}"
     for phase in ("dense", "pruned", "final"):
         m = results.get(phase)
         if not m:
             continue
-        table.add_row(phase, f"{m['accuracy']:.4f}", f"{m['loss']:.4f}", f"{m['sparsity']:.4f}",
-                      f"{m['nonzero']:,} / {m['params']:,}", _fmt(seconds[phase], "{:.2f}"))
-    baseline = _get(results, "baseline", "final", "accuracy")
+        table.add_row(phase, _fmt(m.get(judged), fmt), f"{m['loss']:.4f}",
+                      f"{m['sparsity']:.4f}", f"{m['nonzero']:,} / {m['params']:,}",
+                      _fmt(seconds[phase], "{:.2f}"))
+    baseline = _get(results, "baseline", "final", judged)
     if baseline is not None:
-        table.add_row("random same density", f"{baseline:.4f}", "", "", "", "")
+        table.add_row("random same density", fmt.format(baseline), "", "", "", "")
     stdout.print(table)

@@ -24,7 +24,6 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -231,6 +230,6 @@ def dense_gradient(session: Session) -> dict[str, Tensor]:
     x, y = next(iter(session.context().batches()))
     weights = session.masks.weights
     with torch.enable_grad():
-        loss = F.cross_entropy(session.model(x), y)
+        loss = session.context().loss(session.model(x), y)
         grads = torch.autograd.grad(loss, list(weights.values()))
     return dict(zip(weights, grads, strict=True))

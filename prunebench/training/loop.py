@@ -7,6 +7,7 @@ regularization, and calls `on_step` after every optimizer step (schedules prune 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,9 +80,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                                 generator=generator, train=True):
                 with precision.autocast(settings.amp, use_amp):
                     logits = step_model(x)
-                    data_loss = F.cross_entropy(logits, y)
+                    data_loss = cross_entropy(logits, y)
                 loss_sum += data_loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
+                correct += (logits.argmax(-1) == y).sum()
                 loss = data_loss
                 if settings.l2:
                     loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
@@ -106,7 +107,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                     on_step(step)
                 stop_if_requested()
             record = {"epoch": epoch + 1, "loss": loss_sum.item() / len(data.train),
-                      "accuracy": correct.item() / len(data.train),
+                      "accuracy": correct.item() / data.train.y.numel(),  # per token for LMs
                       "lr": optimizer.param_groups[0]["lr"]}
             history.append(record)
             gradients.end_epoch()
@@ -160,13 +161,32 @@ def soft_threshold(weights: list[torch.Tensor], amount: float) -> None:
         w.copy_(w.sign() * (w.abs() - amount).clamp_min(0))
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of class logits [B, C] against labels [B], or of next-token logits
+    [B, T, V] against targets [B, T] (every token counts once)."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction=reduction)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1024) -> dict:
-    """Mean cross-entropy and accuracy over a whole split."""
+    """Mean cross-entropy and accuracy over a whole split; for a language model, the mean
+    token cross-entropy and perplexity = exp(mean token cross-entropy), over all windows."""
     model.eval()
+    if data.task == "lm":  # windows are long: fewer per batch keeps the logits small
+        batch_size = max(1, batch_size // split.x.shape[1])
     loss_sum, correct = 0.0, 0
     for x, y in batches(data, split, batch_size):
         logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-    return {"accuracy": correct / len(split), "loss": loss_sum / len(split)}
+        loss_sum += cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(-1) == y).sum())
+    loss = loss_sum / split.y.numel()
+    if data.task == "lm":
+        return {"perplexity": math.exp(loss), "loss": loss}
+    return {"accuracy": correct / len(split), "loss": loss}
+
+
+def headline(metrics: dict) -> str:
+    """`accuracy 0.9123` or `perplexity 5.43`: the number a phase is judged by."""
+    if "perplexity" in metrics:
+        return f"perplexity {metrics['perplexity']:.3f}"
+    return f"accuracy {metrics['accuracy']:.4f}"

@@ -1,0 +1,112 @@
+"""Text for language models: one token stream cut into a contiguous train / validation / test
+split, each split cut into non-overlapping windows of `seq_len` tokens.
+
+A window's targets are the next tokens (x = stream[i:i+T], y = stream[i+1:i+T+1]), so every
+token of a split but the last is predicted once; perplexity over the test windows is the
+LLM-pruning papers' protocol (exp of the mean token cross-entropy). Tokens are UTF-8 bytes
+(vocabulary 256) for prunebench's own models, or a Hugging Face tokenizer's ids
+(`tokenizer=ID_OR_FOLDER`, which model=hf sets to its own).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from prunebench.config.checks import ConfigError
+from prunebench.data.batches import Dataset, Split
+
+log = logging.getLogger(__name__)
+FORTUNES = Path("/usr/share/games/fortunes")  # Debian's `fortunes` package: ~2.5 MB English
+
+
+def load(name: str = "text", path: str | None = None, seq_len: int = 128,
+         val_fraction: float = 0.05, test_fraction: float = 0.05, tokenizer: str = "bytes",
+         max_tokens: int | None = None) -> Dataset:
+    """`path` null reads the fortunes corpus; `max_tokens` keeps the stream's first tokens."""
+    text = read_text(path)
+    tokens, vocab = tokenize(text, tokenizer)
+    if max_tokens:
+        tokens = tokens[:max_tokens]
+    n_test = round(len(tokens) * test_fraction)
+    n_val = round(len(tokens) * val_fraction)
+    n_train = len(tokens) - n_val - n_test
+    parts = {"train": tokens[:n_train], "val": tokens[n_train:n_train + n_val],
+             "test": tokens[n_train + n_val:]}
+    log.info("text: %s tokens (vocabulary %d): %d train, %d validation, %d test",
+             f"{len(tokens):,}", vocab, n_train, n_val, len(tokens) - n_train - n_val)
+    return token_dataset(name, parts, seq_len, vocab)
+
+
+def token_dataset(name: str, parts: dict[str, Tensor], seq_len: int, vocab: int) -> Dataset:
+    splits = {k: windows(v, seq_len) for k, v in parts.items() if len(v)}
+    for split in ("train", "test"):
+        if split not in splits or len(splits[split]) == 0:
+            raise ConfigError(f"dataset.seq_len={seq_len} is too long: the {split} split has "
+                              f"{len(parts.get(split, []))} tokens, fewer than seq_len + 1")
+    val = splits.get("val")
+    return Dataset(name, splits["train"], splits["test"], val if val and len(val) else None,
+                   (seq_len,), vocab, mean=torch.zeros(1), std=torch.ones(1), scale=1.0,
+                   task="lm")
+
+
+def windows(tokens: Tensor, seq_len: int) -> Split:
+    """Non-overlapping windows [N, seq_len] and their next-token targets."""
+    n = (len(tokens) - 1) // seq_len
+    x = tokens[:n * seq_len].view(n, seq_len)
+    y = tokens[1:n * seq_len + 1].view(n, seq_len)
+    return Split(x.contiguous(), y.contiguous())
+
+
+def read_text(path: str | None) -> str:
+    if path is None:
+        if not FORTUNES.is_dir():
+            raise ConfigError(f"dataset=text: no dataset.path and no fortunes corpus in "
+                              f"{FORTUNES}: `apt-get install fortunes`, or set dataset.path=FILE")
+        # the text files only: not the .dat indexes nor the .u8 links to the same files
+        found = sorted(p for p in FORTUNES.iterdir()
+                       if p.is_file() and not p.is_symlink() and not p.suffix)
+        return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in found)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"dataset.path={path}: no such file")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"dataset.path={path} is not UTF-8 text (byte {err.start})") from None
+
+
+def tokenize(text: str, tokenizer: str) -> tuple[Tensor, int]:
+    """(token ids as int64, vocabulary size)."""
+    if tokenizer == "bytes":
+        raw = bytearray(text.encode("utf-8"))
+        return torch.frombuffer(raw, dtype=torch.uint8).long(), 256
+    from prunebench.models.hf import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    ids = tok(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long), len(tok)
+
+
+def load_wikitext2(name: str = "wikitext2", seq_len: int = 128,
+                   tokenizer: str = "bytes", config: str = "wikitext-2-raw-v1") -> Dataset:
+    """WikiText-2 through the `datasets` library (Wanda's and SparseGPT's evaluation text):
+    each split joined with blank lines into one stream, as both repositories do."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("dataset=wikitext2 needs the `datasets` library: "
+                          "pip install 'prunebench[lm]'") from None
+    try:
+        raw = datasets.load_dataset("wikitext", config)
+    except Exception as err:  # offline, or the hub refused: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"dataset=wikitext2: could not load wikitext/{config} (offline? "
+                          f"{first}); use dataset=text dataset.path=FILE offline") from None
+    parts, vocab = {}, 256
+    for split, ours in (("train", "train"), ("validation", "val"), ("test", "test")):
+        parts[ours], vocab = tokenize("\n\n".join(raw[split]["text"]), tokenizer)
+    return token_dataset(name, parts, seq_len, vocab)

@@ -1,0 +1,136 @@
+"""Language models: text windows, the GPT, perplexity, and LM rows in tables and objectives.
+
+Perplexity is checked against exp(mean token cross-entropy) computed here token by token
+from log-softmax; the split is checked against the file's own bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+
+from prunebench.data import text
+from prunebench.models.gpt import GPT
+from prunebench.results import objective, stats, table
+from prunebench.training.loop import FitSettings, evaluate, fit
+
+# a small text with structure a model can learn within a few epochs
+SENTENCES = ["the cat sat on the mat. ", "a dog ran to the park! ", "we like green tea; ",
+             "naïve café au lait. "]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("".join(SENTENCES[i % 4] for i in range(200)), encoding="utf-8")
+    return path
+
+
+def test_text_split_is_contiguous_bytes_with_next_token_targets(corpus):
+    data = text.load(path=str(corpus), seq_len=16, val_fraction=0.1, test_fraction=0.1)
+    stream = torch.tensor(list(corpus.read_bytes()))
+    n_test = round(len(stream) * 0.1)
+    test_stream = stream[-n_test:]
+    assert data.num_classes == 256 and data.input_shape == (16,) and data.task == "lm"
+    assert torch.equal(data.train.x.flatten(), stream[:len(data.train) * 16])
+    assert torch.equal(data.test.x.flatten(), test_stream[:len(data.test) * 16])
+    assert torch.equal(data.test.y.flatten(), test_stream[1:len(data.test) * 16 + 1])
+    assert len(data.test) == (n_test - 1) // 16
+
+
+def test_perplexity_is_exp_of_mean_token_cross_entropy(corpus):
+    data = text.load(path=str(corpus), seq_len=16)
+    torch.manual_seed(0)
+    model = GPT((16,), 256, n_embd=32, n_layer=1, n_head=2)
+    got = evaluate(model, data, data.test, batch_size=48)  # 3 windows per batch
+    model.eval()
+    nll = []
+    with torch.no_grad():
+        for x, y in zip(data.test.x, data.test.y, strict=True):
+            logp = torch.log_softmax(model(x[None])[0].double(), -1)
+            nll += [-logp[t, y[t]].item() for t in range(len(y))]
+    assert "accuracy" not in got
+    assert got["loss"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+
+
+def test_gpt_learns_a_tiny_text(corpus):
+    data = text.load(path=str(corpus), seq_len=32)
+    torch.manual_seed(0)
+    model = GPT((32,), 256, n_embd=32, n_layer=1, n_head=2)
+    before = evaluate(model, data, data.test)["perplexity"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    history = fit(model, data, optimizer, None, FitSettings(epochs=6, batch_size=16),
+                  torch.Generator().manual_seed(0), "train")
+    after = evaluate(model, data, data.test)["perplexity"]
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert before > 200 and after < 12, (before, after)  # 256 = guessing uniformly
+
+
+def test_gpt_prunes_only_block_linears_and_reports_perplexity_per_phase(cli, corpus):
+    results, out = cli(["model=gpt", "dataset=text", f"dataset.path={corpus}",
+                        "dataset.seq_len=32", "model.n_embd=32", "model.n_layer=2",
+                        "model.n_head=2", "optimizer=adamw", "train.batch_size=16",
+                        "strategy.amount=0.5"])
+    assert results["status"] == "ok"
+    for phase in ("dense", "pruned", "final"):
+        metrics = results[phase]
+        assert "accuracy" not in metrics
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert results["final"]["perplexity"] <= results["pruned"]["perplexity"]
+    assert results["dense"]["perplexity"] < 100  # 256 = guessing uniformly
+    names = [layer["name"] for layer in results["final"]["layers"]]
+    assert names and all(n.startswith("blocks.") for n in names)
+    assert results["final"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    state = torch.load(out / "checkpoints" / "final.pt")
+    for dense in ("wte.weight", "wpe.weight", "ln_f.weight"):
+        assert torch.count_nonzero(state[dense]) == state[dense].numel()
+    assert results["calibration"] == {"split": "train", "seed": 1, "batch_size": 16}
+
+
+def test_missing_text_file_is_one_line(tmp_path):
+    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "model=gpt", "dataset=text",
+                    f"dataset.path={tmp_path / 'nope.txt'}"], cwd=tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "dataset.path" in lines[0], proc.stderr
+
+
+def lm_results(strategy: str, seed: int, final_ppl: float) -> dict:
+    layers = [{"name": "blocks.0.mlp.0.weight", "params": 100, "nonzero": 50}]
+    return {"status": "ok",
+            "config": {"seed": seed, "model": {"name": "gpt"}, "dataset": {"name": "text"},
+                       "strategy": {"name": strategy, "amount": 0.5, "scope": "global",
+                                    "granularity": "weight"},
+                       "schedule": {"name": "oneshot"}},
+            "dense": {"perplexity": 5.0, "loss": math.log(5.0), "sparsity": 0.0},
+            "pruned": {"perplexity": final_ppl + 3, "sparsity": 0.5},
+            "final": {"perplexity": final_ppl, "sparsity": 0.5, "nonzero": 50, "params": 100,
+                      "layers": layers}}
+
+
+def test_tables_and_objective_know_lower_perplexity_is_better():
+    l1 = {0: 6.0, 1: 6.5, 2: 6.2}
+    wanda = {0: 5.5, 1: 5.9, 2: 5.8}
+    rows = [table.row(lm_results(name, seed, ppl[seed]), f"{name}-{seed}")
+            for name, ppl in (("l1", l1), ("random", wanda)) for seed in range(3)]
+    groups = stats.group(rows)
+    best = table.best_per_target(groups)
+    assert [groups[i]["strategy"] for i in best] == ["random"]
+    other = next(g for g in groups if g["strategy"] == "random")
+    assert other["diff_vs_baseline"] == pytest.approx(sum(wanda.values()) / 3
+                                                      - sum(l1.values()) / 3)
+    assert "ppl vs l1" in table.versus(other)
+    headers = [h for _, h, _ in table.metric_columns(groups)]
+    assert "final ppl" in headers and "final acc" not in headers
+    md = table.markdown(groups)
+    assert f"{sum(wanda.values()) / 3:.3f}" in md
+    assert objective.value(lm_results("l1", 0, 6.0), {"name": "final_accuracy"}) \
+        == pytest.approx(1 / 6.0)
+    drop = {"name": "sparsity_at_max_drop", "max_drop": 0.25}
+    assert objective.value(lm_results("l1", 0, 6.0), drop) == 0.5  # 6/5 - 1 = 0.2 <= 0.25
+    assert objective.value(lm_results("l1", 0, 6.5), drop) == pytest.approx(-0.05)
+    json.dumps(table.records(groups))  # plain JSON for comparison.json
