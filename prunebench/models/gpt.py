@@ -60,7 +60,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(num_classes, n_embd)  # num_classes: the vocabulary size
         self.wpe = nn.Embedding(self.block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
         self.apply(self._init)
         for name_, p in self.named_parameters():  # GPT-2's scaled init of residual outputs
@@ -77,5 +77,6 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(idx.shape[1], device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
-        x = self.ln_f(self.blocks(x))
-        return F.linear(x, self.wte.weight)  # the head tied to the token embedding
+        for block in self.blocks:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.wte.weight)  # the head tied to the token embedding
