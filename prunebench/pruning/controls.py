@@ -28,7 +28,8 @@ def random_same_density(cfg: DictConfig, data: Dataset, dense_state: dict, run: 
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(data.train.x.device)
     model.load_state_dict(dense_state)
-    twin = Session(cfg, model, data, None, out_dir / "baseline")
+    # the run's strategy only for its layers left dense (strategy.exclude): the twin never scores
+    twin = Session(cfg, model, data, run.strategy, out_dir / "baseline")
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     keep_counts = {layer["name"]: layer["nonzero"] for layer in run.phases["final"]["layers"]}
     masks = {}
