@@ -9,6 +9,8 @@
          whose Hessian is H = 2 X X^T / N over the layer's inputs, shared by all output rows.
          Saliency w_q^2 / (2 [H^-1]_qq); once the masks are chosen, the survivors of every row
          move to the exact least-squares optimum given what was removed (see obs.py).
+         Exact, but one masked solve per row: `strategy=sparsegpt` (sparsegpt.py) is the
+         fast column-by-column approximation for transformer-sized layers.
 """
 
 from __future__ import annotations
