@@ -12,6 +12,7 @@ from torch import nn
 
 from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset
+from prunebench.models import own
 from prunebench.training import optimizers
 from prunebench.training.loop import FitSettings
 
@@ -36,9 +37,11 @@ def dataset(cfg: DictConfig) -> Dataset:
 
 
 def model(cfg: DictConfig, data: Dataset) -> nn.Module:
+    # input_shape / num_classes only where the constructor takes them (models/own.py)
+    node, offered = own.arguments(cfg.model, {"input_shape": data.input_shape,
+                                              "num_classes": data.num_classes})
     with rejected_as_config_error("model"):
-        return instantiate(cfg.model, input_shape=data.input_shape,
-                           num_classes=data.num_classes)
+        return instantiate(node, **offered)
 
 
 def strategy(cfg: DictConfig):

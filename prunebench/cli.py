@@ -60,12 +60,14 @@ def main() -> None:
 def task(cfg: DictConfig) -> float | None:
     from prunebench import runner  # torch loads here, after Hydra parsed the line
     from prunebench.config.checks import ConfigError
+    from prunebench.models import own
     from prunebench.results import objective, table
     from prunebench.runstate.resume import Interrupted, stop_on_signals
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     divide_threads(cfg, hydra_cfg)
+    own.replace_default_model(cfg, list(hydra_cfg.overrides.task))  # model._target_=yours
     # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
     # the sweep; nan tells sweepers such as optuna that the trial failed
     try:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build
 from prunebench.config import checks
+from prunebench.models import checkpoint
 from prunebench.pruning import controls, macs
 from prunebench.pruning.session import Session
 from prunebench.runstate import cache, files, resume
@@ -134,12 +135,15 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
         "gradients": gradient_summaries(partial),
         "cache": {"hit": cache_hit, "dense_train_s": dense["train_s"]},
         "calibration": session.calibration,
+        **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }
 
 
 def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
                   run_state: resume.RunState) -> tuple[dict, bool]:
     """Train the dense model, or load it from the cache; returns (entry, cache hit)."""
+    if cfg.dense.checkpoint:  # a trained model: never trained here, never cached
+        return checkpoint.dense_entry(cfg.dense.checkpoint, model), False
 
     def train() -> dict:
         start = time.perf_counter()

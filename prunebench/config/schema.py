@@ -51,6 +51,11 @@ class Finetune:
 
 
 @dataclass
+class Dense:
+    checkpoint: str | None = None  # trained weights instead of training (models/checkpoint.py)
+
+
+@dataclass
 class Cache:
     enabled: bool = True
     dir: str = "outputs/cache"
@@ -114,6 +119,7 @@ class Config:
     device: str = "auto"
     resume: Any = "auto"  # auto | true | false
     train: Train = field(default_factory=Train)
+    dense: Dense = field(default_factory=Dense)
     finetune: Finetune = field(default_factory=Finetune)
     cache: Cache = field(default_factory=Cache)
     baseline: Baseline = field(default_factory=Baseline)

@@ -1,0 +1,116 @@
+"""A trained model instead of dense training: `dense.checkpoint=PATH`.
+
+Reads what people have: a plain state_dict, a dict holding one under `state_dict`, `model` or
+`model_state_dict` (training scripts, PyTorch Lightning's `.ckpt`), or a `.safetensors` file.
+Pickles load with `weights_only=True`, so a checkpoint cannot run code. Keys carrying a wrapper's
+prefix (Lightning's `model.`, DataParallel's `module.`) are matched to the model without it.
+Every problem is one line naming the file and the first offending key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from prunebench.config.checks import ConfigError
+
+log = logging.getLogger(__name__)
+NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def dense_entry(path: str | Path, model: nn.Module) -> dict:
+    """The dense entry the runner would otherwise train: the checkpoint's weights, no history.
+
+    Loads them into `model` as well, so a bad file stops here with its one line.
+    """
+    path = Path(path).expanduser()
+    state = read(path)
+    state = match_to(state, model, path)
+    model.load_state_dict(state)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    log.info("dense: weights loaded from %s (sha256 %s), no dense training", path, digest[:12])
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "history": [], "gradients": None, "snapshots": {}, "train_s": 0.0,
+            "checkpoint": {"path": str(path.resolve()), "sha256": digest}}
+
+
+def read(path: Path) -> dict[str, Tensor]:
+    """The state_dict stored in `path`, whatever the container."""
+    key = f"dense.checkpoint={path}"
+    if not path.is_file():
+        raise ConfigError(f"{key}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, random bytes, a pickle of arbitrary objects
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{key}: not a readable checkpoint ({type(err).__name__}: "
+                          f"{first[:160]})") from None
+    state = _state_dict_in(blob)
+    if state is None:
+        found = ", ".join(map(str, list(blob)[:5])) if isinstance(blob, dict) else type(blob)
+        raise ConfigError(f"{key}: holds no state_dict (expected tensors by name, or one "
+                          f"under {', '.join(NESTED_KEYS)}; found {found})")
+    return state
+
+
+def _state_dict_in(blob) -> dict[str, Tensor] | None:
+    if _is_state_dict(blob):
+        return blob
+    if isinstance(blob, dict):
+        for key in NESTED_KEYS:
+            if _is_state_dict(blob.get(key)):
+                return blob[key]
+    return None
+
+
+def _is_state_dict(value) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()))
+
+
+def match_to(state: dict[str, Tensor], model: nn.Module, path: Path) -> dict[str, Tensor]:
+    """`state` with names the model uses; one line on missing, unexpected or misshapen keys."""
+    expected = model.state_dict()
+    state = _without_wrapper_prefix(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or misshapen):
+        return state
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshapen)} " \
+             f"of another shape"
+    if missing:
+        first = f"key {missing[0]!r} missing from the checkpoint"
+    elif unexpected:
+        first = f"unexpected key {unexpected[0]!r} (not in the model)"
+    else:
+        k = misshapen[0]
+        first = (f"{k!r} has shape {list(state[k].shape)} in the checkpoint, "
+                 f"{list(expected[k].shape)} in the model")
+    raise ConfigError(f"dense.checkpoint={path} does not fit model: {first}; {counts}")
+
+
+def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict) -> dict[str, Tensor]:
+    """The weights under a wrapper's attribute (Lightning's `model.`, DataParallel's
+    `module.`, `net.`), renamed as the model names them, when the model's names start without
+    it and they match more of them. Other entries of the wrapper (a loss's buffers) go."""
+    if state.keys() <= expected.keys():
+        return state
+    best, best_matches = state, len(state.keys() & expected.keys())
+    for head in {k.split(".", 1)[0] for k in state if "." in k}:
+        inner = {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
+        if len(inner.keys() & expected.keys()) > best_matches:
+            best, best_matches = inner, len(inner.keys() & expected.keys())
+            prefix = head + "."
+    if best is not state:
+        log.info("dense.checkpoint: using the weights under %r (%d of %d entries)", prefix,
+                 len(best), len(state))
+    return best
