@@ -27,7 +27,7 @@ OWN_WEIGHTS = "or prune weights you have: {key} dense.checkpoint=PATH"
 
 
 def torchvision_model(input_shape: Sequence[int], num_classes: int, arch: str,
-                      weights: str | None = None,
+                      weights: str | None = None, name: str | None = None,
                       options: dict | None = None) -> nn.Module:
     """torchvision.models.get_model(arch), adapted to `input_shape` and `num_classes`."""
     import torchvision
@@ -101,7 +101,7 @@ def adapt_stem(model: nn.Module, arch: str, channels: int, pretrained: bool) -> 
 
 
 def timm_model(input_shape: Sequence[int], num_classes: int, arch: str,
-               pretrained: bool = False,
+               pretrained: bool = False, name: str | None = None,
                options: dict | None = None) -> nn.Module:
     """timm.create_model(arch, num_classes=, in_chans=): timm adapts head and stem itself."""
     try:
