@@ -214,21 +214,29 @@ def test_sparsegpt_strategy_prunes_layers_in_sequence_to_the_target():
         assert (new[name] == 0).sum() == w.numel() // 2
 
 
-def test_wanda_and_sparsegpt_prune_exactly_2_4_through_the_cli(tmp_path):
+def test_wanda_and_sparsegpt_prune_a_gpt_exactly_2_4_through_the_cli(tmp_path):
     from conftest import run_cli
 
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("the cat sat on the mat. a dog ran to the park! " * 60, encoding="utf-8")
     sweep = tmp_path / "sweep"
     run_cli(["-m", f"hydra.sweep.dir={sweep}", f"cache.dir={tmp_path / 'cache'}",
-             "train.epochs=1", "finetune.epochs=0", "train.threads=1", "model.hidden=[32,16]",
+             "model=gpt", "dataset=text", f"dataset.path={corpus}", "dataset.seq_len=32",
+             "model.n_embd=32", "model.n_layer=2", "model.n_head=2", "optimizer=adamw",
+             "train.batch_size=16", "train.epochs=1", "finetune.epochs=0", "train.threads=1",
              "strategy=wanda,sparsegpt", "strategy.pattern=2:4", "strategy.amount=0.5",
              "strategy.batches=2", "export.semi_structured=true", "device=cpu"], cwd=tmp_path)
     for run in ("0", "1"):
         results = json.loads((sweep / run / "results.json").read_text())
         assert results["semi_structured"] == {"skipped": "needs CUDA (device is cpu)"}
         state = torch.load(sweep / run / "checkpoints" / "pruned.pt")
-        for name in ("1.weight", "3.weight", "5.weight"):  # Flatten, Linear, ReLU, ...
+        linears = [n for n in state if n.startswith("blocks.") and n.endswith("weight")
+                   and state[n].dim() == 2]
+        assert len(linears) == 2 * 4  # qkv, proj, mlp in and out per block
+        for name in linears:
             zeros = (state[name] == 0).view(state[name].shape[0], -1, 4).sum(-1)
             assert (zeros == 2).all(), (run, name)
+        assert (state["wte.weight"] != 0).all()  # embeddings and the tied head stay dense
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need CUDA")
