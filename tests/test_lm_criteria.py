@@ -252,3 +252,20 @@ def test_semi_structured_export_matches_the_dense_forward_on_cuda():
         pytest.skip(result["skipped"])
     assert result["converted"] == ["0", "2"]
     assert result["max_abs_diff"] < 0.05 and result["dense_ms"] > 0 and result["sparse_ms"] > 0
+
+
+def test_calibration_groups_are_a_gpts_blocks_and_memory_is_planned_first():
+    from prunebench.config.checks import ConfigError
+    from prunebench.models.gpt import GPT
+    from prunebench.strategies import calibration, sparsegpt
+
+    model = GPT((8,), 256, n_embd=16, n_layer=2, n_head=2)
+    weights = prunable_weights(model)
+    order = calibration.forward_order(model, weights, torch.randint(0, 256, (2, 8)))
+    block = ["attn.qkv.weight", "attn.proj.weight", "mlp.0.weight", "mlp.2.weight"]
+    assert calibration.layer_groups(model, order) == [[f"blocks.{i}.{n}" for n in block]
+                                                      for i in range(2)]
+    # a budget below one layer's Hessian splits each block into single layers
+    assert calibration.split_to_fit([block], lambda n: 10, 15) == [[n] for n in block]
+    with pytest.raises(ConfigError, match="strategy.max_memory_gb"):
+        sparsegpt.memory_plan(weights, torch.zeros(2, 8), budget=1000)

@@ -25,6 +25,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from prunebench.config.checks import ConfigError
 from prunebench.strategies import calibration
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
@@ -106,7 +107,7 @@ def memory_plan(weights: dict[str, Tensor], x: Tensor, budget: float) -> dict[st
     plan = {n: w[0].numel() ** 2 * BYTES for n, w in weights.items()}
     work = max(3 * w[0].numel() ** 2 + 2 * w.numel() for w in weights.values()) * BYTES
     if work > budget:
-        raise ValueError(f"strategy.max_memory_gb={budget / 2**30:g} is too small: pruning "
+        raise ConfigError(f"strategy.max_memory_gb={budget / 2**30:g} is too small: pruning "
                          f"one layer needs {work / 2**30:.3f} GB")
     log.info("sparsegpt memory plan: Hessians %.1f MB for all %d layers, %.1f MB for the "
              "largest, %.1f MB to prune one layer, one batch of %s inputs; groups are cut to "
