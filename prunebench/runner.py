@@ -19,6 +19,7 @@ from prunebench.config import checks
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, macs
 from prunebench.pruning.session import Session
+from prunebench.results import export
 from prunebench.runstate import cache, files, resume
 from prunebench.strategies import allocation
 from prunebench.training.loop import Diverged, evaluate, fit, headline
@@ -120,6 +121,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     if OmegaConf.select(cfg, "export.semi_structured", default=False):
         from prunebench.pruning import semi_structured
         extra["semi_structured"] = semi_structured.run(model, data.test.x[:cfg.train.batch_size])
+    if export.wanted(cfg):  # ONNX / safetensors files, checked after writing
+        extra["exports"] = export.run(cfg, model, data, out_dir)
     if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
         extra["baseline"] = controls.random_same_density(cfg, data, dense["state_dict"], session,
                                                          out_dir)

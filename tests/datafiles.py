@@ -57,3 +57,20 @@ def write_cifar(folder: Path, n_train: int = 64, n_test: int = 32) -> dict:
     (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR_CLASSES}))
     return {"train_x": x[:n_train], "train_y": y[:n_train],
             "test_x": x[n_train:], "test_y": y[n_train:]}
+
+
+IMAGE_COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 200)}
+
+
+def write_image_folder(folder: Path, n_train: int = 6, n_test: int = 3,
+                       test_name: str = "test") -> dict[str, tuple[int, int, int]]:
+    """DIR/train/<class>/*.png and DIR/<test_name>/<class>/*.png: solid colours per class (a
+    resize keeps them exact), images 12x10 (not square, not the target size)."""
+    from PIL import Image
+
+    for split, n in (("train", n_train), (test_name, n_test)):
+        for name, colour in IMAGE_COLOURS.items():
+            (folder / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (12, 10), colour).save(folder / split / name / f"{i}.png")
+    return IMAGE_COLOURS

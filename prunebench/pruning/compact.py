@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 
 from prunebench.data import Dataset, batches
+from prunebench.models import own
 from prunebench.pruning.units import example_input, find_units
 from prunebench.runstate import files
 
@@ -65,7 +66,9 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a compacted model from compact.pt (no pickled code: weights_only=True)."""
     saved = torch.load(path, weights_only=True)
     shape = tuple(saved["input_shape"])
-    model = instantiate(saved["model"], input_shape=shape, num_classes=saved["num_classes"])
+    node, offered = own.arguments(OmegaConf.create(saved["model"]),
+                                  {"input_shape": shape, "num_classes": saved["num_classes"]})
+    model = instantiate(node, **offered)
     model.eval()
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(

@@ -1,0 +1,96 @@
+"""Files for use outside prunebench, written from the final model and checked after writing.
+
+    export.onnx=true         checkpoints/final.onnx (and compact.onnx at granularity=neuron),
+                             exported by torch.onnx.export (the torch.export-based exporter)
+                             with a dynamic batch dimension, then run by onnxruntime on a test
+                             batch: results.json records the largest |onnxruntime - torch|
+    export.safetensors=true  checkpoints/final.safetensors (safetensors.torch.save_model)
+
+results.json's `exports` lists {file, size (bytes), max_abs_diff (ONNX only)} per file.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from prunebench.config.checks import ConfigError
+from prunebench.data import Dataset, batches
+
+log = logging.getLogger(__name__)
+BATCH = 32  # test images the ONNX model is checked on
+
+
+def wanted(cfg: DictConfig) -> bool:
+    return any(OmegaConf.select(cfg, f"export.{k}", default=False) for k in ("onnx",
+                                                                             "safetensors"))
+
+
+def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list[dict]:
+    folder = out_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    exports = []
+    if OmegaConf.select(cfg, "export.onnx", default=False):
+        x = next(batches(data, data.test, BATCH))[0].cpu()
+        exports.append(onnx(model, x, folder / "final.onnx"))
+        if (folder / "compact.pt").exists():  # granularity=neuron: the smaller model too
+            from prunebench.pruning import compact
+
+            exports.append(onnx(compact.load(folder / "compact.pt"), x, folder / "compact.onnx"))
+    if OmegaConf.select(cfg, "export.safetensors", default=False):
+        exports.append(safetensors(model, folder / "final.safetensors"))
+    for e in exports:
+        log.info("export: %s, %s bytes%s", e["file"], f"{e['size']:,}",
+                 f", max |onnxruntime - torch| {e['max_abs_diff']:.3g}" if "max_abs_diff" in e
+                 else "")
+    return exports
+
+
+def onnx(model: nn.Module, x: Tensor, path: Path) -> dict:
+    """Export with a dynamic batch dimension, then compare onnxruntime with torch on `x`."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("export.onnx needs onnx, onnxscript and onnxruntime: "
+                          "pip install 'prunebench[export]'") from None
+    model = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        expected = model(x)
+    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    _atomic_save(path, lambda tmp: program.save(tmp, external_data=False))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float((torch.from_numpy(got) - expected).abs().max())
+    return {"file": f"checkpoints/{path.name}", "size": path.stat().st_size,
+            "max_abs_diff": diff}
+
+
+def safetensors(model: nn.Module, path: Path) -> dict:
+    try:
+        from safetensors.torch import save_model
+    except ImportError:
+        raise ConfigError("export.safetensors needs safetensors: "
+                          "pip install 'prunebench[export]'") from None
+    # save_model drops the duplicates of tied weights, which save_file refuses
+    _atomic_save(path, lambda tmp: save_model(copy.deepcopy(model).cpu(), tmp))
+    return {"file": f"checkpoints/{path.name}", "size": path.stat().st_size}
+
+
+def _atomic_save(path: Path, save) -> None:
+    """`save(name)` writes a file by name; it appears at `path` whole or not at all."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
