@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import build
 from prunebench.config import checks
 from prunebench.models import checkpoint
-from prunebench.pruning import controls, macs
+from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.session import Session
 from prunebench.results import export
 from prunebench.runstate import cache, files, resume
@@ -111,6 +111,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
     partial["session"] = session
     session.rewind_states = {"init": init_state, **dense.get("snapshots", {})}
     session.record("dense")
+    session.loss_fn = recovery.teacher_loss(cfg, model)  # distillation from the dense model
     schedule.run(session)
     session.replay.check_done()
     session.record("final")
@@ -123,9 +124,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
         extra["semi_structured"] = semi_structured.run(model, data.test.x[:cfg.train.batch_size])
     if export.wanted(cfg):  # ONNX / safetensors files, checked after writing
         extra["exports"] = export.run(cfg, model, data, out_dir)
-    if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
-        extra["baseline"] = controls.random_same_density(cfg, data, dense["state_dict"], session,
-                                                         out_dir)
+    extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
     return {
         **session.phases,
         **extra,

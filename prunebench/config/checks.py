@@ -51,6 +51,14 @@ def check(cfg: DictConfig) -> None:
     _number(cfg, "train.batch_size", low=1, integer=True, allowed="an integer >= 1")
     _number(cfg, "finetune.epochs", low=0, integer=True, allowed="an integer >= 0")
     _number(cfg, "finetune.lr_scale", low=0, low_open=True, allowed="a number > 0")
+    _number(cfg, "finetune.bn_batches", low=1, integer=True, optional=True,
+            allowed="an integer >= 1")
+    _number(cfg, "finetune.distill.alpha", low=0, high=1, optional=True,
+            allowed="a weight 0 <= alpha <= 1")
+    _number(cfg, "finetune.distill.temperature", low=0, low_open=True, optional=True,
+            allowed="a number > 0")
+    if _get(cfg, "baseline.reinit_budget") is not None:
+        _choice(cfg, "baseline.reinit_budget", ("epochs", "matched_flops"))
     _number(cfg, "optimizer.lr", low=0, low_open=True, allowed="a number > 0")
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     amp = _get(cfg, "train.amp")

@@ -45,9 +45,18 @@ class Train:
 
 
 @dataclass
+class Distill:
+    alpha: float = 0.0  # 0: plain fine-tuning, no teacher
+    temperature: float = 4.0
+
+
+@dataclass
 class Finetune:
     epochs: int = 10
     lr_scale: float = 0.1
+    bn_recalibrate: bool = True  # a no-op for models without batch norm
+    bn_batches: int = 100
+    distill: Distill = field(default_factory=Distill)
 
 
 @dataclass
@@ -90,6 +99,9 @@ class Optimizer:
 @dataclass
 class Baseline:
     random_same_density: bool = False
+    shuffled_mask: bool = False
+    reinit: bool = False
+    reinit_budget: str = "epochs"  # epochs (Scratch-E) | matched_flops (Scratch-B)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 
 from prunebench import build
 from prunebench.data import Dataset, batches
-from prunebench.pruning import macs, memory
+from prunebench.pruning import macs, memory, recovery
 from prunebench.pruning.masks import Masks, sparsity_report
 from prunebench.runstate import files
 from prunebench.runstate.resume import Replay
@@ -53,6 +53,9 @@ class Session:
                             "batch_size": cfg.train.batch_size}
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
+        # fine-tuning loss: None is cross-entropy; distillation sets one (recovery.py)
+        self.loss_fn: Callable | None = None
+        self.stale_bn: dict | None = None  # BN statistics from before the last recalibration
 
     def context(self) -> PruneContext:
         def train_batches():
@@ -73,6 +76,7 @@ class Session:
                      "memory_method": used["method"]}
         pruned, recovered = self.masks.update(new)
         self.masks.apply()
+        recovery.after_mask_change(self)
         if self.optimizer is not None:
             self.masks.clear_optimizer_state(self.optimizer)
         self.timing["prune_s"] += time.perf_counter() - start
@@ -118,7 +122,8 @@ class Session:
             self.masks if hold_masks else None, step_hook, first_step=self.step,
             gradients=self.gradients.setdefault(phase, GradientStats()),
             start_epoch=start_epoch,
-            on_epoch=self.replay.saver(self, phase, self.optimizer, scheduler, prefix))
+            on_epoch=self.replay.saver(self, phase, self.optimizer, scheduler, prefix),
+            loss_fn=self.loss_fn)
         self.history.setdefault(phase, []).extend(history)
         self.timing["finetune_s"] += time.perf_counter() - start
 
@@ -129,6 +134,8 @@ class Session:
         """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
         if self.replay.active:
             return self.replay.record(self, phase)
+        if phase == "pruned":
+            recovery.record_before(self)
         metrics = evaluate(self.model, self.data, self.data.test)
         metrics |= sparsity_report(self.model, self.strategy.exclude)
         metrics |= macs.count(self.model, self.data.input_shape,  # MACs per image or window

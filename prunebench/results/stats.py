@@ -24,9 +24,12 @@ METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "com
            "nonzero", "params", "flops", "effective_flops", "latency_ms", "dense_latency_ms",
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",
            "random_pruned_acc", "random_final_acc", "gain_vs_random",
+           "shuffled_final_acc", "reinit_final_acc", "pruned_before_bn_acc",
+           "random_p", "shuffled_p", "reinit_p",
            "grad_max", "clipped",
            "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl")
 BUDGET = ("finetune_epochs", "finetune_steps")
+CONTROLS = ("random", "shuffled", "reinit")  # <control>_final_acc -> <control>_p
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
@@ -101,6 +104,10 @@ def _summarize(members: list[dict], keys: tuple[str, ...]) -> dict:
         else "final_acc"
     row["_judged"] = judged
     row["_per_seed"] = _per_seed(members, judged)
+    for control in CONTROLS:  # the run against its own controls, paired by seed
+        _, p, _ = paired(row["_per_seed"],
+                         _per_seed(members, f"{control}_{judged}"))
+        row[f"{control}_p_mean"] = p
     row["_budget"] = {b: _hashable(first.get(b)) for b in BUDGET}
     return row
 

@@ -64,14 +64,21 @@ OPTIONAL = [
     ("random_final_acc", "random same density", "{:.4f}"),
     ("random_final_ppl", "random same density ppl", "{:.3f}"),
     ("gain_vs_random", "gain vs random", "{:+.4f}"),
+    ("random_p", "p vs random", "{:.3g}"),
+    # the controls of pruning/controls.py: final accuracy, paired test of the run against it
+    ("shuffled_final_acc", "shuffled mask", "{:.4f}"),
+    ("shuffled_p", "p vs shuffled", "{:.3g}"),
+    ("reinit_final_acc", "reinit", "{:.4f}"),
+    ("reinit_p", "p vs reinit", "{:.3g}"),
+    ("pruned_before_bn_acc", "pruned acc before BN recal.", "{:.4f}"),
     ("latency_ms", "latency ms", "{:.3f}"),
     ("dense_latency_ms", "dense latency ms", "{:.3f}"),
     ("grad_max", "max grad norm", "{:.3g}"),
     ("clipped", "clipped frac", "{:.3f}"),
 ]
 TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "random_final_acc",
-            "random_final_ppl", "effective_flops", "latency_ms", "prune_s", "prune_peak_mb",
-            "finetune_epochs")
+            "random_final_ppl", "shuffled_final_acc", "shuffled_p", "reinit_final_acc", "reinit_p",
+            "effective_flops", "latency_ms", "prune_s", "prune_peak_mb", "finetune_epochs")
 
 
 def _get(d: dict, *path, default=None):
@@ -131,6 +138,9 @@ def row(results: dict, run: str) -> dict:
         "random_pruned_acc": _get(results, "baseline", "pruned", "accuracy"),
         "random_final_acc": random_final,
         "gain_vs_random": _diff(final_acc, random_final),
+        "shuffled_final_acc": _get(results, "controls", "shuffled_mask", "final", "accuracy"),
+        "reinit_final_acc": _get(results, "controls", "reinit", "final", "accuracy"),
+        "pruned_before_bn_acc": _get(results, "pruned_before_bn_recalibration", "accuracy"),
         **gradient_health(results.get("gradients") or {}),
         "error": results.get("error", ""),
         "_config": _flatten(cfg),

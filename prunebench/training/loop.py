@@ -54,12 +54,15 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         generator: torch.Generator, phase: str, masks: Masks | None = None,
         on_step: Callable[[int], None] | None = None, first_step: int = 0,
         gradients: GradientStats | None = None, start_epoch: int = 0,
-        on_epoch: Callable[[int, list], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[int, list], None] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        ) -> list[dict]:
     """Train `settings.epochs` epochs; returns one {epoch, loss, accuracy, lr} per epoch.
 
     `gradients` collects the per-step gradient norm (before clipping) and clip flags.
     `on_epoch(epoch, history)` runs at each epoch start (the resume checkpoint); a stop signal
     ends training after the current step, and a resumed run starts at `start_epoch`.
+    `loss_fn(logits, x, y)` replaces cross-entropy (distillation reads the inputs).
     """
     history, step = [], first_step
     weights = leaf_weights(model)
@@ -80,7 +83,8 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                                 generator=generator, train=True):
                 with precision.autocast(settings.amp, use_amp):
                     logits = step_model(x)
-                    data_loss = cross_entropy(logits, y)
+                    data_loss = (cross_entropy(logits, y) if loss_fn is None
+                                 else loss_fn(logits, x, y))
                 loss_sum += data_loss.detach() * len(y)
                 correct += (logits.argmax(-1) == y).sum()
                 loss = data_loss
