@@ -19,7 +19,7 @@ from prunebench.config import checks
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.session import Session
-from prunebench.results import export
+from prunebench.results import export, trackers
 from prunebench.runstate import cache, files, resume
 from prunebench.strategies import allocation
 from prunebench.training.loop import Diverged, evaluate, fit, headline
@@ -34,13 +34,16 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
     partial: dict = {}  # what the pipeline finished before a failure, kept in results.json
     state = resume.RunState(cfg, out_dir)
+    tracking = trackers.Tracking()  # logger=...: experiment trackers, no-op until started
     try:
         checks.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None:
             results = finished
             return results
-        results |= pipeline(cfg, out_dir, partial, state)
+        tracking = trackers.start(cfg, out_dir, resuming=state.saved is not None)
+        with tracking.observing():
+            results |= pipeline(cfg, out_dir, partial, state)
         results["status"] = "ok"
     except Diverged as err:
         results |= partial_results(partial) | {
@@ -58,6 +61,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise
     finally:
         files.write_json(out_dir / "results.json", results)
+        tracking.finish(results)
         if results["status"] in resume.FINISHED:
             state.finish()
     return results

@@ -137,6 +137,7 @@ class Config:
     baseline: Baseline = field(default_factory=Baseline)
     export: Export = field(default_factory=Export)
     objective: Objective = field(default_factory=Objective)
+    logger: dict[str, Any] = field(default_factory=dict)  # conf/logger: trackers by name
 
 
 GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")

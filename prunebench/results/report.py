@@ -1,7 +1,10 @@
 """`prunebench-report PATH`: the comparison of every finished run under PATH.
 
     prunebench-report outputs/multirun/... [--group-by strategy,target] [--where model=lenet300]
-                      [--baseline l1] [--format md|csv|json] [--plot] [--out DIR]
+                      [--baseline l1] [--format md|csv|json|html] [--plot] [--out DIR]
+
+`--format html` writes comparison.html: one self-contained page (tables, embedded plots,
+each run's config).
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ def build(path: Path, out: Path, *, group_by: list[str] | None = None,
                                 + (f" matching {' '.join(where)}" if where else ""))
     rows = table.with_columns(rows, group_by)
     groups = stats.group(rows, tuple(group_by) if group_by else None, baseline)
-    paths = table.write(groups, out, formats)
+    paths = table.write(groups, out, tuple(f for f in formats if f != "html"))
+    if "html" in formats:
+        from prunebench.results import html
+
+        paths.append(html.write(rows, groups, out, title or f"comparison: {path}"))
     if plot:
         from prunebench.results import plots  # matplotlib loads only when plotting
 
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="l1",
                         help="strategy for the paired test (default l1; 'none' to skip)")
     parser.add_argument("--format", default="md,csv,json",
-                        help="comma-separated subset of md,csv,json (default: all three)")
+                        help="comma-separated subset of md,csv,json,html (default: md,csv,"
+                             "json; html is one self-contained page with the plots)")
     parser.add_argument("--plot", action="store_true", help="also write PNG plots")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, handlers=[log_handler()], format="%(message)s")
@@ -67,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         return fail(f"{args.path} does not exist", 2)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("md", "csv", "json")]
+    bad = [f for f in formats if f not in ("md", "csv", "json", "html")]
     if bad or not formats:
-        return fail(f"--format {args.format} is invalid: choose from md, csv, json", 2)
+        return fail(f"--format {args.format} is invalid: choose from md, csv, json, html", 2)
     bad = [w for w in args.where if "=" not in w]
     if bad:
         return fail(f"--where {bad[0]} is invalid: use KEY=VALUE", 2)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 stdout = Console(width=None if sys.stdout.isatty() else 240)
 # a results.json is a few hundred kB at most; anything far larger is not one of ours
 MAX_RESULTS_BYTES = 64 * 2**20
+TRACKER_FOLDERS = {"mlartifacts", "mlruns", "wandb"}  # logger=...: artifact copies live there
 
 # config keys that never make two runs different experiments (where and how fast they ran)
 IGNORED_SETTINGS = ("seed", "device", "cache.", "train.threads", "objective.", "dataset.root",
@@ -198,7 +199,9 @@ def annotate_settings(rows: list[dict]) -> None:
 def collect(root: str | Path) -> list[dict]:
     """Run rows for every results.json under `root`; unreadable files are reported, skipped."""
     root = Path(root)
-    paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
+    paths = [root] if root.is_file() else sorted(
+        p for p in root.rglob("results.json")  # not the copies trackers keep as artifacts
+        if not TRACKER_FOLDERS & set(p.relative_to(root).parts[:-1]))
     rows = []
     for path in paths:
         try:

@@ -24,6 +24,9 @@ from prunebench.training import precision
 from prunebench.training.telemetry import GradientStats, clip, grad_norm
 
 log = logging.getLogger(__name__)
+# called after every epoch of every fit as observer(phase, step, epoch_steps, record,
+# gradient stats): experiment trackers (prunebench.results.trackers) log from here
+epoch_observers: list[Callable[[str, int, int, dict, dict], None]] = []
 
 
 class Diverged(RuntimeError):
@@ -76,6 +79,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         for epoch in range(start_epoch, settings.epochs):
             if on_epoch is not None:
                 on_epoch(epoch, history)
+            epoch_start = step
             model.train()
             loss_sum = torch.zeros((), device=data.train.y.device)
             correct = torch.zeros((), dtype=torch.long, device=data.train.y.device)
@@ -114,7 +118,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                       "accuracy": correct.item() / data.train.y.numel(),  # per token for LMs
                       "lr": optimizer.param_groups[0]["lr"]}
             history.append(record)
-            gradients.end_epoch()
+            grad_record = gradients.end_epoch()
+            for observe in epoch_observers:
+                observe(phase, step, step - epoch_start, record, grad_record)
             if scheduler is not None:
                 scheduler.step()
             bar.update(task, advance=1,
