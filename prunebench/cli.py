@@ -34,8 +34,8 @@ def check_choices(args: list[str]) -> str | None:
            for a in args):
         return None
     for arg in args:
-        match = re.fullmatch(r"(\w+)=([\w,]+)", arg)
-        if match and match.group(1) in GROUPS:
+        match = re.fullmatch(r"(\w+)=\[?([\w,]+)\]?", arg)  # logger=[csv,mlflow]: a list
+        if match and match.group(1) in (*GROUPS, "logger"):
             group, values = match.groups()
             options = available(group)
             for value in values.split(","):
