@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 
 import optuna
 from conftest import BIN
@@ -18,7 +19,7 @@ def completed(db) -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(db, timeout=1) as con:
+        with closing(sqlite3.connect(db, timeout=1)) as con:  # closed: no lock left held
             return con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0]
     except sqlite3.Error:  # tables not made yet, or busy
         return 0
@@ -37,7 +38,7 @@ def test_stopped_search_continues_the_same_study(tmp_path):
     while completed(db) < 2:
         assert first.poll() is None, first.communicate()
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.2)
     os.kill(first.pid, signal.SIGTERM)  # during the third trial
     assert first.wait(timeout=120) != 0
     finished_first = completed(db)

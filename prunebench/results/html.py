@@ -34,16 +34,22 @@ pre { text-align: left; font-size: 12px; margin: 0; }
 
 
 def best_cells(groups: list[dict], metrics: list[tuple[str, str, str]]) -> set[tuple[int, str]]:
-    """(row, metric) of each column's best mean among finished groups (all ties marked)."""
+    """(row, metric) of each column's best mean among the finished groups at the same model,
+    dataset and target (all ties marked; a column all alike there marks nothing)."""
     best = set()
-    for metric, _, _ in metrics:
-        values = {i: g.get(f"{metric}_mean") for i, g in enumerate(groups)
-                  if g["status"] == "ok" and table._finite(g.get(f"{metric}_mean"))}
-        if len(set(values.values())) < 2:  # nothing to choose between
-            continue
-        pick = min if metric in LOWER_BETTER else max
-        target = pick(values.values())
-        best |= {(i, metric) for i, v in values.items() if math.isclose(v, target)}
+    peers: dict[tuple, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g["status"] == "ok":
+            peers.setdefault((g.get("model"), g.get("dataset"), str(g.get("target"))),
+                             []).append(i)
+    for members in peers.values():
+        for metric, _, _ in metrics:
+            values = {i: groups[i].get(f"{metric}_mean") for i in members
+                      if table._finite(groups[i].get(f"{metric}_mean"))}
+            if len(set(values.values())) < 2:  # nothing to choose between
+                continue
+            target = (min if metric in LOWER_BETTER else max)(values.values())
+            best |= {(i, metric) for i, v in values.items() if math.isclose(v, target)}
     return best
 
 
@@ -100,7 +106,8 @@ def page(rows: list[dict], groups: list[dict], title: str) -> str:
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         "<h2>Comparison</h2>",
-        "<p>Mean ± std over seeds; the best value of each column is marked.</p>",
+        "<p>Mean ± std over seeds; at each model, dataset and target, the best value of each "
+        "column is marked.</p>",
         f'<div class="wide">{comparison_table(groups)}</div>',
         "<h2>Plots</h2>", embedded_plots(rows, groups),
         f"<h2>Runs ({len(rows)})</h2>", f'<div class="wide">{runs_table(rows)}</div>',

@@ -14,6 +14,7 @@ storage in a committed transaction, after which optuna opens it normally).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -54,22 +55,34 @@ class ResumableStudy(Callback):
 
 
 def stamp_schema(url: str) -> None:
-    """Create the storage's tables and commit alembic's stamp (optuna 2.x under SQLAlchemy 2
-    leaves it uncommitted, and then refuses the storage it just made)."""
-    import alembic.migration
-    from optuna.storages import RDBStorage
+    """Create the storage's tables and commit alembic's stamp of optuna's schema (optuna 2.x
+    under SQLAlchemy 2 leaves its own stamp uncommitted, and then refuses the storage it
+    just made). Done with SQLAlchemy and alembic directly: an optuna RDBStorage built here
+    would keep its uncommitted stamp, and with it the database's write lock."""
+    import os
 
-    storage = RDBStorage(url, skip_compatibility_check=True)
-    versions = getattr(storage, "_version_manager", None)
+    import alembic.config
+    import alembic.migration
+    import alembic.script
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up lines
+    if url.startswith("sqlite:///"):  # sqlite:///outputs/optuna.db: make outputs/
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(url)
     try:
-        if versions is None:  # another optuna: it manages its schema itself
-            return
-        with storage.engine.begin() as connection:
+        with engine.begin() as connection:
+            models.BaseModel.metadata.create_all(connection)
             context = alembic.migration.MigrationContext.configure(connection)
             if context.get_current_revision() is None:
-                context.stamp(versions._create_alembic_script(), versions.get_head_version())
+                folder = os.path.dirname(models.__file__)
+                config = alembic.config.Config(os.path.join(folder, "alembic.ini"))
+                config.set_main_option("script_location", os.path.join(folder, "alembic"))
+                script = alembic.script.ScriptDirectory.from_config(config)
+                context.stamp(script, script.get_current_head())
     finally:
-        storage.engine.dispose()
+        engine.dispose()
 
 
 def set_failed(study, trial) -> None:
