@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import build
 from prunebench.config import checks
 from prunebench.models import checkpoint
-from prunebench.pruning import controls, macs, recovery
+from prunebench.pruning import controls, latency, macs, recovery
 from prunebench.pruning.session import Session
 from prunebench.results import export, trackers
 from prunebench.runstate import cache, files, resume
@@ -128,6 +128,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
         extra["semi_structured"] = semi_structured.run(model, data.test.x[:cfg.train.batch_size])
     if export.wanted(cfg):  # ONNX / safetensors files, checked after writing
         extra["exports"] = export.run(cfg, model, data, out_dir)
+    if cfg.inference.measure:  # dense, masked, sparse (CSR) and compact forms timed
+        extra["latency"] = latency.run(cfg, model, dense["state_dict"], data, out_dir)
     extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
     return {
         **session.phases,

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # tiny budgets keep every CLI run to a few seconds on 2 CPU cores
 FAST = ["train.epochs=3", "finetune.epochs=1"]
+# Latency measurement (pruning/latency.py) costs a second or more per run, most of the suite's
+# ~200 runs are about something else, and timings on a shared machine are noise anyway: runs
+# skip it unless a test asks (`inference.measure=true`, as tests/test_speed.py does).
+NO_LATENCY = "inference.measure=false"
+
+
+def _quiet(args: list[str]) -> list[str]:
+    """`args` with NO_LATENCY, for runs (not --help/--cfg) that do not set it themselves."""
+    if any(a.startswith(("--help", "-h", "--cfg", "--info", "inference.measure", "--hydra-help"))
+           for a in args):
+        return args
+    return [*args, NO_LATENCY]
 
 
 def run_cli(args: list[str], cwd: Path, *, script: str = "prunebench",
@@ -21,6 +33,8 @@ def run_cli(args: list[str], cwd: Path, *, script: str = "prunebench",
     """Run a console script; raises with its output when `check` and it fails."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR")
+    if script == "prunebench":
+        args = _quiet(args)
     proc = subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True,
                           env=full_env, timeout=600)
     if check and proc.returncode != 0:

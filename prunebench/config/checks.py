@@ -65,6 +65,7 @@ def check(cfg: DictConfig) -> None:
     if amp not in AMP_MODES:
         raise ConfigError(f"train.amp={amp} is invalid: allowed null, bf16, fp16")
     _choice(cfg, "train.compile", (True, False))
+    _choice(cfg, "inference.kernel", ("auto", "dense", "csr"))  # pruning/sparse.py
     for key in ("train.grad_clip.max_norm", "train.grad_clip.max_value"):
         _number(cfg, key, low=0, low_open=True, optional=True, allowed="null or a number > 0")
     for key in ("train.regularization.l1", "train.regularization.l2"):

@@ -111,6 +111,15 @@ class Export:
     onnx: bool = False         # checkpoints/final.onnx (+ compact.onnx), checked by onnxruntime
     safetensors: bool = False  # checkpoints/final.safetensors
     semi_structured: bool = False  # CUDA: 2:4 Linears as sparse tensors, latency vs dense
+    sparse: bool = False       # checkpoints/final_sparse.pt: prunable weights as CSR parts
+
+
+@dataclass
+class Inference:
+    """Latency of the final model's forms (pruning/latency.py)."""
+
+    measure: bool = True
+    kernel: str = "auto"       # auto | dense | csr (pruning/sparse.py)
 
 
 @dataclass
@@ -136,6 +145,7 @@ class Config:
     cache: Cache = field(default_factory=Cache)
     baseline: Baseline = field(default_factory=Baseline)
     export: Export = field(default_factory=Export)
+    inference: Inference = field(default_factory=Inference)
     objective: Objective = field(default_factory=Objective)
     logger: dict[str, Any] = field(default_factory=dict)  # conf/logger: trackers by name
 

@@ -5,6 +5,8 @@
                              with a dynamic batch dimension, then run by onnxruntime on a test
                              batch: results.json records the largest |onnxruntime - torch|
     export.safetensors=true  checkpoints/final.safetensors (safetensors.torch.save_model)
+    export.sparse=true       checkpoints/final_sparse.pt: prunable weights as CSR parts, with
+                             its size against final.pt's (pruning/sparse.py)
 
 results.json's `exports` lists {file, size (bytes), max_abs_diff (ONNX only)} per file.
 """
@@ -30,7 +32,8 @@ BATCH = 32  # test images the ONNX model is checked on
 
 def wanted(cfg: DictConfig) -> bool:
     return any(OmegaConf.select(cfg, f"export.{k}", default=False) for k in ("onnx",
-                                                                             "safetensors"))
+                                                                             "safetensors",
+                                                                             "sparse"))
 
 
 def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list[dict]:
@@ -46,6 +49,10 @@ def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list
             exports.append(onnx(compact.load(folder / "compact.pt"), x, folder / "compact.onnx"))
     if OmegaConf.select(cfg, "export.safetensors", default=False):
         exports.append(safetensors(model, folder / "final.safetensors"))
+    if OmegaConf.select(cfg, "export.sparse", default=False):  # CSR parts (pruning/sparse.py)
+        from prunebench.pruning import sparse
+
+        exports.append(sparse.export(model, cfg, out_dir))
     for e in exports:
         log.info("export: %s, %s bytes%s", e["file"], f"{e['size']:,}",
                  f", max |onnxruntime - torch| {e['max_abs_diff']:.3g}" if "max_abs_diff" in e

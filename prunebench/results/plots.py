@@ -4,6 +4,7 @@
   strategy with ±std error bars over seeds, published points overlaid where model and dataset
   match (literature.csv);
 - accuracy vs effective FLOPs, with the Pareto frontier marked (when runs report FLOPs);
+- accuracy vs measured latency (the fastest form's forward ms), with its Pareto frontier;
 - per-layer sparsity of each strategy at one target (the one nearest 0.9 by default).
 
 Language models are plotted by final test perplexity (lower is better) in place of accuracy.
@@ -169,6 +170,30 @@ def accuracy_vs_flops(groups: list[dict], model, dataset, path: Path) -> Path | 
     return _save(fig, path)
 
 
+def accuracy_vs_latency(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    """Final accuracy against the measured forward time of the run's fastest form."""
+    points = defaultdict(list)
+    for g in groups:
+        if _finite(g.get("final_acc_mean")) and _finite(g.get("forward_ms_mean")):
+            points[label(g)].append((g["forward_ms_mean"], g["final_acc_mean"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, pts in sorted(points.items()):
+        ax.scatter(*zip(*pts, strict=True), label=name, alpha=0.8)
+    front = pareto([p for pts in points.values() for p in pts])
+    xs, ys = zip(*front, strict=True)
+    ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto frontier")
+    ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=110, linewidths=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured forward ms, fastest form (batch 64, one CPU thread)")
+    ax.set_ylabel("final test accuracy (mean over seeds)")
+    ax.set_title(f"{model} on {dataset}: accuracy vs measured latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def layer_sparsity(rows: list[dict], groups: list[dict], model, dataset, path: Path,
                    target: float = LAYER_TARGET) -> Path | None:
     """Grouped bars: per-layer sparsity (mean over seeds) of each strategy at one target."""
@@ -213,6 +238,7 @@ def write_all(rows: list[dict], groups: list[dict], out_dir: str | Path) -> list
         written += [
             accuracy_vs_sparsity(mine, model, dataset, out_dir / f"accuracy_sparsity_{stem}.png"),
             accuracy_vs_flops(mine, model, dataset, out_dir / f"accuracy_flops_{stem}.png"),
+            accuracy_vs_latency(mine, model, dataset, out_dir / f"accuracy_latency_{stem}.png"),
             layer_sparsity(my_rows, mine, model, dataset, out_dir / f"layer_sparsity_{stem}.png"),
         ]
     return [p for p in written if p is not None]

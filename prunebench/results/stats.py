@@ -22,6 +22,7 @@ KEY = ("model", "dataset", "strategy", "variant", "granularity", "scope", "sched
 MATCH = ("model", "dataset", "schedule", "target", "settings")
 METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "compression",
            "nonzero", "params", "flops", "effective_flops", "latency_ms", "dense_latency_ms",
+           "speedup", "forward_ms",
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",
            "random_pruned_acc", "random_final_acc", "gain_vs_random",
            "shuffled_final_acc", "reinit_final_acc", "pruned_before_bn_acc",

@@ -49,6 +49,7 @@ ALWAYS = [
     ("nonzero", "nonzero", "{:,.0f}"),
     ("flops", "dense FLOPs", "{:.3g}"),
     ("effective_flops", "eff. FLOPs", "{:.3g}"),
+    ("speedup", "speedup", "{:.2f}x"),  # measured: dense ms / fastest form's ms (latency.py)
     ("prune_s", "prune s", "{:.2f}"),
     ("prune_peak_mb", "prune peak MB", "{:.1f}"),
     ("finetune_epochs", "ft epochs", "{:.0f}"),
@@ -73,13 +74,15 @@ OPTIONAL = [
     ("reinit_p", "p vs reinit", "{:.3g}"),
     ("pruned_before_bn_acc", "pruned acc before BN recal.", "{:.4f}"),
     ("latency_ms", "latency ms", "{:.3f}"),
+    ("forward_ms", "forward ms", "{:.3f}"),
     ("dense_latency_ms", "dense latency ms", "{:.3f}"),
     ("grad_max", "max grad norm", "{:.3g}"),
     ("clipped", "clipped frac", "{:.3f}"),
 ]
 TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "random_final_acc",
             "random_final_ppl", "shuffled_final_acc", "shuffled_p", "reinit_final_acc", "reinit_p",
-            "effective_flops", "latency_ms", "prune_s", "prune_peak_mb", "finetune_epochs")
+            "effective_flops", "speedup", "latency_ms", "prune_s", "prune_peak_mb",
+            "finetune_epochs")
 
 
 def _get(d: dict, *path, default=None):
@@ -131,6 +134,7 @@ def row(results: dict, run: str) -> dict:
         "effective_flops": final.get("effective_flops", _get(results, "compact", "macs")),
         "latency_ms": _latency(results.get("compact"), "compact_ms"),
         "dense_latency_ms": _latency(results.get("compact"), "dense_ms"),
+        **measured_speed(results.get("latency")),
         "prune_s": _get(results, "timing", "prune_s"),
         "prune_peak_mb": _get(results, "cost", "prune_peak_mb"),
         "finetune_epochs": _get(results, "budget", "finetune_epochs",
@@ -167,6 +171,17 @@ def _latency(compact, which: str):
     """Measured batch-1 CPU latency (ms) of the compact model or of its dense original."""
     value = _get(compact or {}, "latency", "batch_1", which)
     return value if isinstance(value, (int, float)) else None
+
+
+def measured_speed(latency) -> dict:
+    """`speedup` and the fastest form's forward ms at the setting it was taken (latency.py)."""
+    speedup = _get(latency or {}, "speedup")
+    batch, _, threads = str(_get(latency or {}, "speedup_at", default="")).partition("/")
+    form = _get(latency or {}, "forms", _get(latency or {}, "speedup_form", default=""), batch,
+                threads)
+    number = (int, float)
+    return {"speedup": speedup if isinstance(speedup, number) else None,
+            "forward_ms": form if isinstance(form, number) else None}
 
 
 def _flatten(cfg, prefix: str = "") -> dict:
@@ -413,7 +428,11 @@ def show_run(results: dict) -> None:
     timing = results.get("timing", {})
     seconds = {"dense": timing.get("train_s"), "pruned": timing.get("prune_s"),
                "final": timing.get("finetune_s")}
-    table = Table(title=f"prunebench: {results.get('status')}")
+    latency = results.get("latency") or {}
+    speed = measured_speed(latency)["speedup"]
+    table = Table(title=f"prunebench: {results.get('status')}", caption=None if speed is None else
+                  f"speedup x{speed:.2f} vs dense ({latency.get('speedup_form')} form, "
+                  f"{latency.get('speedup_at')})")
     judged = "perplexity" if "perplexity" in (results.get("dense") or {}) else "accuracy"
     for header in ("phase", judged, "loss", "sparsity", "nonzero / params", "time s"):
         table.add_column(header, justify="left" if header == "phase" else "right")

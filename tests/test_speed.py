@@ -1,0 +1,142 @@
+"""Sparse execution and measured latency: the CSR form computes what the masked model computes,
+`auto` keeps the kernel it measured faster, every form is timed, exports load back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+
+from prunebench.models.lenet5 import LeNet5
+from prunebench.models.mlp import MLP
+from prunebench.models.resnet import CifarResNet
+from prunebench.models.vgg import VGG
+from prunebench.pruning import latency, sparse
+from prunebench.pruning.masks import prunable_weights
+
+FAMILIES = {
+    "lenet300": (lambda: MLP((1, 28, 28), 10, hidden=(300, 100)), (1, 28, 28)),
+    "lenet5": (lambda: LeNet5((1, 28, 28), 10), (1, 28, 28)),
+    "resnet": (lambda: CifarResNet((3, 16, 16), 10, depth=8, widths=(4, 8, 8)), (3, 16, 16)),
+    "vgg": (lambda: VGG((3, 32, 32), 10, depth=11), (3, 32, 32)),
+}
+MEASURED = ["inference.measure=true", "model.hidden=[64,32]", "strategy.amount=0.9",
+            "train.epochs=1", "finetune.epochs=0"]
+
+
+def pruned(family: str, keep: float = 0.1, seed: int = 0) -> tuple[nn.Module, tuple]:
+    build, shape = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = build().eval()
+    with torch.no_grad():
+        for w in prunable_weights(model).values():
+            w.mul_(torch.rand_like(w) < keep)
+        for m in model.modules():  # non-trivial normalization statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model, shape
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_csr_form_computes_the_masked_model(family):
+    model, shape = pruned(family)
+    form, layers = sparse.sparse_form(model)
+    kinds = {type(layer.dense) for layer in layers.values()}
+    assert nn.Linear in kinds and (family == "lenet300" or nn.Conv2d in kinds)
+    for layer in layers.values():
+        layer.use_csr = True
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        expected, got = model(x), form(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+    assert sparse.max_diff(model, form, layers, x)["max_rel_diff"] < 1e-5
+    # the unfold path really ran: a strided, padded 3x3 convolution and a 1x1 one
+    if family == "resnet":
+        convs = [layer.dense for layer in layers.values() if isinstance(layer.dense, nn.Conv2d)]
+        assert any(c.stride == (2, 2) and c.kernel_size == (3, 3) for c in convs)
+
+
+def test_unpruned_layers_keep_dense_kernels():
+    """At 0% sparsity no layer is even tried on CSR, so the sparse form is the dense model."""
+    model, shape = pruned("lenet300", keep=1.0)
+    result = latency.measure(model, model, torch.randn(4, *shape), "auto", None,
+                             torch.device("cpu"), batch_sizes=(1, 4))
+    rows = [r for b in result["kernels"].values() for t in b.values() for r in t]
+    assert rows and all(r["kernel"] == "dense" and r["csr_us"] is None for r in rows)
+    assert result["max_rel_diff"] < 1e-5
+
+
+def test_forced_csr_and_dense_kernels():
+    model, shape = pruned("lenet300")
+    x = torch.randn(4, *shape)
+    forced = latency.measure(model, model, x, "csr", None, torch.device("cpu"), (2,))
+    assert {r["kernel"] for t in forced["kernels"]["batch_2"].values() for r in t} == {"csr"}
+    plain = latency.measure(model, model, x, "dense", None, torch.device("cpu"), (2,))
+    assert "sparse" not in plain["forms"]
+
+
+def test_sparse_state_round_trip():
+    model, _ = pruned("lenet5")
+    state = model.state_dict()
+    names = set(prunable_weights(model))
+    saved = sparse.csr_state(state, names)
+    assert set(saved["csr"]) == names
+    parts = saved["csr"]["features.3.weight"]
+    nonzero = int(torch.count_nonzero(state["features.3.weight"]))
+    assert parts["values"].numel() == nonzero and parts["col_indices"].dtype == torch.int32
+    back = sparse.dense_state(saved)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_run_measures_every_form_and_exports_sparse(cli, tmp_path):
+    results, out = cli([*MEASURED, "export.sparse=true"])
+    lat = results["latency"]
+    assert set(lat["forms"]) == {"dense", "masked", "sparse"}
+    threads = [f"threads_{t}" for t in lat["threads"]]
+    assert "threads_1" in threads
+    for form in lat["forms"].values():
+        for batch in ("batch_1", "batch_64"):
+            assert all(form[batch][t] > 0 for t in threads)
+    assert lat["speedup"] > 0 and lat["speedup_at"] == "batch_64/threads_1"
+    best = min(lat["forms"][f]["batch_64"]["threads_1"] for f in ("masked", "sparse"))
+    assert lat["speedup"] == pytest.approx(lat["forms"]["dense"]["batch_64"]["threads_1"] / best)
+    assert lat["max_rel_diff"] < 1e-5
+    # auto kept, for every layer at every setting, the kernel it measured faster
+    rows = [r for b in lat["kernels"].values() for t in b.values() for r in t]
+    assert len(rows) == 3 * 2 * len(threads)
+    for r in rows:
+        assert r["density"] <= sparse.MAX_DENSITY  # 90% pruned: every layer timed
+        assert r["kernel"] == ("csr" if r["csr_us"] < r["dense_us"] else "dense")
+    # the sparse checkpoint: smaller than final.pt, and the same weights
+    export, = (e for e in results["exports"] if e["file"].endswith("final_sparse.pt"))
+    assert export["size"] == (out / export["file"]).stat().st_size
+    assert export["size"] < 0.5 * (out / "checkpoints" / "final.pt").stat().st_size
+    final = torch.load(out / "checkpoints" / "final.pt", weights_only=True)
+    back = sparse.dense_state(torch.load(out / export["file"], weights_only=True))
+    assert back.keys() == final.keys()
+    assert all(torch.equal(back[k], final[k]) for k in final)
+    # the tables and the plot show it
+    report = tmp_path / "report"
+    run_cli([str(out), "--out", str(report), "--plot"], cwd=tmp_path, script="prunebench-report")
+    header, _, row = (report / "comparison.md").read_text().splitlines()[:3]
+    assert "| speedup |" in header and f"| {lat['speedup']:.2f}x |" in row
+    record = json.loads((report / "comparison.json").read_text())[0]
+    assert record["speedup_mean"] == pytest.approx(lat["speedup"])
+    assert list(report.glob("accuracy_latency_*.png"))
+
+
+def test_neuron_run_times_the_compact_model(cli):
+    results, _ = cli([*MEASURED, "strategy.granularity=neuron", "strategy.amount=0.5"])
+    forms = results["latency"]["forms"]
+    assert forms["compact"]["batch_64"]["threads_1"] > 0
+
+
+def test_measure_false_has_no_latency(cli):
+    results, out = cli(["inference.measure=false", "model.hidden=[16]", "train.epochs=1",
+                        "finetune.epochs=0"])
+    assert results["status"] == "ok" and "latency" not in results
+    assert "exports" not in results and not (out / "checkpoints" / "final_sparse.pt").exists()
