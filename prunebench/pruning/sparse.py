@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torch.utils import benchmark
 
 from prunebench.pruning.masks import PRUNABLE, prunable_weights
 
@@ -127,6 +126,9 @@ def layer_inputs(form: nn.Module, layers: dict[str, SparseLayer], x: Tensor) -> 
 
 def time_ms(fn, threads: int | None, min_run_time: float, warmup: int = 2) -> float:
     """Median time of `fn()` in ms (torch.utils.benchmark) after `warmup` calls."""
+    # imported here: torch.utils.benchmark pulls in cpp_extension, which warns without CUDA
+    from torch.utils import benchmark
+
     for _ in range(warmup):
         fn()
     timer = benchmark.Timer("fn()", globals={"fn": fn},
