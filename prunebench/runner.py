@@ -21,6 +21,7 @@ from prunebench.pruning import controls, latency, macs, recovery
 from prunebench.pruning.session import Session
 from prunebench.results import export, trackers
 from prunebench.runstate import cache, files, resume
+from prunebench.runstate.progress import Progress
 from prunebench.strategies import allocation
 from prunebench.training.loop import Diverged, evaluate, fit, headline
 from prunebench.training.telemetry import GradientStats
@@ -32,7 +33,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run one experiment into `out_dir`; results.json is written whatever happens."""
     out_dir = Path(out_dir)
     results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
-    partial: dict = {}  # what the pipeline finished before a failure, kept in results.json
+    progress = Progress()  # what the pipeline finished before a failure, kept in results.json
     state = resume.RunState(cfg, out_dir)
     tracking = trackers.Tracking()  # logger=...: experiment trackers, no-op until started
     try:
@@ -43,19 +44,19 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             return results
         tracking = trackers.start(cfg, out_dir, resuming=state.saved is not None)
         with tracking.observing():
-            results |= pipeline(cfg, out_dir, partial, state)
+            results |= pipeline(cfg, out_dir, progress, state)
         results["status"] = "ok"
     except Diverged as err:
-        results |= partial_results(partial) | {
+        results |= progress.results() | {
             "status": "diverged", "error": str(err),
             "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step,
                          "what": err.what}}
         log.error("%s", err)
     except (resume.Interrupted, KeyboardInterrupt) as err:
-        results |= partial_results(partial) | {"status": "interrupted", "error": repr(err)}
+        results |= progress.results() | {"status": "interrupted", "error": repr(err)}
         raise
     except Exception as err:
-        results |= partial_results(partial)
+        results |= progress.results()
         results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results["traceback"] = traceback.format_exc()
         raise
@@ -67,23 +68,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     return results
 
 
-def partial_results(partial: dict) -> dict:
-    session = partial.get("session")
-    if session is None:
-        return {"gradients": gradient_summaries(partial)} if partial else {}
-    return {**session.phases, "events": session.events, "history": session.history,
-            "gradients": gradient_summaries(partial)}
-
-
-def gradient_summaries(partial: dict) -> dict:
-    """Gradient telemetry per phase: dense training, then the session's phases."""
-    session = partial.get("session")
-    train = partial.get("train_gradients")  # live while training, then the (cached) summary
-    return {"train": train.summary() if isinstance(train, GradientStats) else train,
-            **({p: g.summary() for p, g in session.gradients.items()} if session else {})}
-
-
-def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunState) -> dict:
+def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.RunState) -> dict:
     start = time.perf_counter()
     device = build.device(cfg.device)
     if cfg.train.threads:
@@ -100,22 +85,17 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
 
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_start = time.perf_counter()
-    resumed = state.take("session")
-    if resumed is not None:  # dense training finished before the interruption
-        dense, cache_hit = resumed["dense"], resumed["cache_hit"]
-    else:
-        dense, cache_hit = dense_weights(cfg, model, data, device, partial, state)
-    partial["train_gradients"] = dense.get("gradients")
-    state.carry = {"dense": dense, "cache_hit": cache_hit}
+    dense_model(cfg, model, data, device, progress, state)
+    dense = progress.dense
     model.load_state_dict(dense["state_dict"])
     train_s = time.perf_counter() - train_start
 
-    session = Session(cfg, model, data, strategy, out_dir)
-    session.replay = resume.Replay(state)
-    partial["session"] = session
-    session.rewind_states = {"init": init_state, **dense.get("snapshots", {})}
+    session = Session(cfg, model, data, strategy, out_dir,
+                      rewind_states={"init": init_state, **dense.get("snapshots", {})},
+                      replay=resume.Replay(state, progress),
+                      loss_fn=recovery.teacher_loss(cfg, model))  # distillation from dense
+    progress.session = session
     session.record("dense")
-    session.loss_fn = recovery.teacher_loss(cfg, model)  # distillation from the dense model
     schedule.run(session)
     session.replay.check_done()
     session.record("final")
@@ -140,56 +120,73 @@ def pipeline(cfg: DictConfig, out_dir: Path, partial: dict, state: resume.RunSta
                    "total_s": time.perf_counter() - start},
         "events": session.events,
         "history": {"train": dense["history"], **session.history},
-        "gradients": gradient_summaries(partial),
-        "cache": {"hit": cache_hit, "dense_train_s": dense["train_s"]},
+        "gradients": progress.gradients(),
+        "cache": {"hit": progress.cache_hit, "dense_train_s": dense["train_s"]},
         "calibration": session.calibration,
         **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }
 
 
-def dense_weights(cfg: DictConfig, model, data, device, partial: dict,
-                  run_state: resume.RunState) -> tuple[dict, bool]:
-    """Train the dense model, or load it from the cache; returns (entry, cache hit)."""
-    if cfg.dense.checkpoint:  # a trained model: never trained here, never cached
-        return checkpoint.dense_entry(cfg.dense.checkpoint, model), False
+def dense_model(cfg: DictConfig, model, data, device, progress: Progress,
+                state: resume.RunState) -> None:
+    """Fill progress.dense: from the interrupted run, a given checkpoint, the cache, or by
+    training."""
+    resumed = state.resumed_dense()
+    if resumed is not None:  # dense training finished before the interruption
+        progress.dense, progress.cache_hit = resumed
+    elif cfg.dense.checkpoint:  # a trained model: never trained here, never cached
+        progress.dense = checkpoint.dense_entry(cfg.dense.checkpoint, model)
+    elif cfg.train.epochs == 0 or not cfg.cache.enabled:
+        progress.dense = train_dense(cfg, model, data, progress, state)
+    else:
+        progress.dense, progress.cache_hit = cache.load_or_train(
+            cfg.cache.dir, cache.key(cfg, device),
+            lambda: train_dense(cfg, model, data, progress, state))
+        if progress.cache_hit:
+            log.info("dense model loaded from cache %s", cfg.cache.dir)
 
-    def train() -> dict:
-        start = time.perf_counter()
-        optimizer = build.optimizer(cfg, model)
-        scheduler = build.lr_scheduler(cfg, optimizer, cfg.train.epochs)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        gradients, snapshots = GradientStats(), {}
-        partial["train_gradients"] = gradients
-        snapshot_step = cache.rewind_epoch(cfg) * math.ceil(len(data.train) / cfg.train.batch_size)
 
-        def keep_snapshot(step: int) -> None:  # weights for lottery-ticket rewinding
-            if step == snapshot_step:
-                snapshots[f"epoch_{cache.rewind_epoch(cfg)}"] = {
-                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def train_dense(cfg: DictConfig, model, data, progress: Progress,
+                state: resume.RunState) -> dict:
+    """Train the dense model (continuing an interrupted training); returns the dense entry."""
+    start = time.perf_counter()
+    optimizer = build.optimizer(cfg, model)
+    scheduler = build.lr_scheduler(cfg, optimizer, cfg.train.epochs)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    gradients, snapshots, start_epoch, prefix = GradientStats(), {}, 0, []
+    saved = state.take("train")
+    if saved is not None:  # interrupted: continue from its last epoch start
+        resume.restore_training(saved, model, optimizer, scheduler, generator)
+        start_epoch, prefix = saved["epoch"], saved["history"]
+        gradients.load_state_dict(saved["gradients"])
+        snapshots.update(saved["snapshots"])
+    progress.train_gradients = gradients
+    history = prefix + fit(
+        model, data, optimizer, scheduler, build.fit_settings(cfg, cfg.train.epochs), generator,
+        "train", on_step=snapshot_keeper(cfg, model, data, snapshots), gradients=gradients,
+        start_epoch=start_epoch,
+        on_epoch=resume.dense_saver(state, model, optimizer, scheduler, generator, prefix,
+                                    gradients, snapshots))
+    log.info("dense: test %s", headline(evaluate(model, data, data.test)))
+    return {"state_dict": cpu_copy(model), "history": history, "gradients": gradients.summary(),
+            "snapshots": snapshots, "train_s": time.perf_counter() - start}
 
-        start_epoch, prefix = 0, []
-        saved = run_state.take("train")
-        if saved is not None:  # interrupted: continue from its last epoch start
-            resume.restore_training(saved, model, optimizer, scheduler, generator)
-            start_epoch, prefix = saved["epoch"], saved["history"]
-            gradients = resume.restored_stats(saved["gradients"])
-            partial["train_gradients"] = gradients
-            snapshots.update(saved["snapshots"])
-        history = prefix + fit(
-            model, data, optimizer, scheduler, build.fit_settings(cfg, cfg.train.epochs), generator,
-            "train", on_step=keep_snapshot if snapshot_step else None, gradients=gradients,
-            start_epoch=start_epoch,
-            on_epoch=resume.dense_saver(run_state, model, optimizer, scheduler, generator,
-                                        prefix, gradients, snapshots))
-        # clone: on CPU .cpu() aliases the live weights, which pruning then changes
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        log.info("dense: test %s", headline(evaluate(model, data, data.test)))
-        return {"state_dict": state, "history": history, "gradients": gradients.summary(),
-                "snapshots": snapshots, "train_s": time.perf_counter() - start}
 
-    if cfg.train.epochs == 0 or not cfg.cache.enabled:
-        return train(), False
-    entry, hit = cache.load_or_train(cfg.cache.dir, cache.key(cfg, device), train)
-    if hit:
-        log.info("dense model loaded from cache %s", cfg.cache.dir)
-    return entry, hit
+def snapshot_keeper(cfg: DictConfig, model, data, snapshots: dict):
+    """fit's on_step keeping the weights after dense epoch k in `snapshots` (lottery-ticket
+    rewinding to epoch k), or None when no schedule rewinds there."""
+    epoch = cache.rewind_epoch(cfg)
+    if not epoch:
+        return None
+    at_step = epoch * math.ceil(len(data.train) / cfg.train.batch_size)
+
+    def keep(step: int) -> None:
+        if step == at_step:
+            snapshots[f"epoch_{epoch}"] = cpu_copy(model)
+
+    return keep
+
+
+def cpu_copy(model) -> dict:
+    # clone: on CPU .cpu() aliases the live weights, which pruning then changes
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -115,8 +115,8 @@ def train_twin(kind: str, cfg: DictConfig, data: Dataset, run: Session, state: d
     model.load_state_dict(state)
     twin_cfg = copy.deepcopy(cfg)
     twin_cfg.finetune.lr_scale = lr_scale
-    twin = Session(twin_cfg, model, data, run.strategy, out_dir)  # never prunes: same layers
-    twin.loss_fn = run.loss_fn
+    twin = Session(twin_cfg, model, data, run.strategy, out_dir,  # never prunes: same layers
+                   loss_fn=run.loss_fn)
     twin.masks.update({n: m.to(data.train.x.device) for n, m in masks.items()})
     twin.masks.apply()
     recovery.after_mask_change(twin)

@@ -30,19 +30,27 @@ log = logging.getLogger(__name__)
 
 
 class Session:
-    def __init__(self, cfg: DictConfig, model: nn.Module, data: Dataset, strategy: Strategy,
-                 out_dir: Path, first_step: int = 0):
+    """One run's pruning: the model and its masks, the step, and what has been recorded.
+
+    `rewind_states` are weights a schedule may rewind to (lottery tickets): "init", and
+    "epoch_<k>" when dense training kept that snapshot. `replay` fast-forwards a resumed run's
+    schedule to its saved point (inactive by default). `loss_fn(logits, x, y)` replaces
+    cross-entropy in fine-tuning (distillation, pruning/recovery.py).
+    """
+
+    def __init__(self, cfg: DictConfig, model: nn.Module, data: Dataset,
+                 strategy: Strategy | None, out_dir: Path,
+                 rewind_states: dict[str, dict[str, torch.Tensor]] | None = None,
+                 replay: Replay | None = None, loss_fn: Callable | None = None):
         self.cfg, self.model, self.data, self.strategy = cfg, model, data, strategy
         self.out_dir = out_dir
         self.masks = Masks(model, strategy.exclude)
-        self.step = first_step
+        self.step = 0
         self.events: list[dict] = []
         self.phases: dict[str, dict] = {}
         self.history: dict[str, list] = {}
         self.gradients: dict[str, GradientStats] = {}
-        # weights to rewind to (lottery tickets): "init", and "epoch_<k>" when dense training
-        # kept that snapshot; filled by the runner
-        self.rewind_states: dict[str, dict[str, torch.Tensor]] = {}
+        self.rewind_states = rewind_states or {}
         self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
         self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
         self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
@@ -52,10 +60,28 @@ class Session:
         self.calibration = {"split": "train", "seed": cfg.seed + 1,
                             "batch_size": cfg.train.batch_size}
         self.optimizer: torch.optim.Optimizer | None = None
-        self.replay = Replay()  # resuming: fast-forwards the schedule to its saved point
+        self.replay = replay if replay is not None else Replay()
         # fine-tuning loss: None is cross-entropy; distillation sets one (recovery.py)
-        self.loss_fn: Callable | None = None
+        self.loss_fn = loss_fn
         self.stale_bn: dict | None = None  # BN statistics from before the last recalibration
+
+    def state_dict(self) -> dict:
+        """What the session has done so far, for checkpoints/state.pt."""
+        return {"step": self.step, "masks": self.masks.state_dict(), "events": self.events,
+                "history": self.history, "phases": self.phases, "timing": self.timing,
+                "gradients": {p: g.state_dict() for p, g in self.gradients.items()}}
+
+    def restore(self, saved: dict) -> None:
+        """Continue from `saved` (a state_dict): masks, records and gradient telemetry. The
+        replay has brought the step and events to the saved point already."""
+        self.masks.update({n: m.to(self.masks.masks[n].device)
+                           for n, m in saved["masks"].items()})
+        self.masks.apply()
+        self.history, self.phases, self.timing = saved["history"], saved["phases"], saved["timing"]
+        self.gradients = {}
+        for phase, stats in saved["gradients"].items():  # telemetry of the steps so far
+            self.gradients[phase] = GradientStats()
+            self.gradients[phase].load_state_dict(stats)
 
     def context(self) -> PruneContext:
         def train_batches():

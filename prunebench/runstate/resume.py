@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench.config.checks import ConfigError
 from prunebench.runstate import files
 from prunebench.training import optimizers
-from prunebench.training.telemetry import GradientStats
+
+if TYPE_CHECKING:
+    from prunebench.runstate.progress import Progress
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -105,7 +108,6 @@ class RunState:
         self.path = Path(out_dir) / "checkpoints" / "state.pt"
         self.config = comparable(cfg)
         self.saved: dict | None = None  # the state to resume from, until it is consumed
-        self.carry: dict = {}  # saved with every session state (the dense entry)
 
     def open(self, mode, results_path: Path) -> dict | None:
         """Decide fresh / resume / reuse by `resume` (auto | true | false); returns the
@@ -153,9 +155,22 @@ class RunState:
         """The saved state if it is of this kind ('train' or 'session')."""
         return self.saved if self.saved is not None and self.saved["kind"] == kind else None
 
-    def save(self, kind: str, state: dict) -> None:
-        carry = self.carry if kind == "session" else {}
-        files.save_torch(self.path, {"kind": kind, "config": self.config, **carry, **state})
+    def resumed_dense(self) -> tuple[dict, bool] | None:
+        """(dense entry, cache hit) when the run stopped after dense training."""
+        saved = self.take("session")
+        return (saved["dense"], saved["cache_hit"]) if saved is not None else None
+
+    def save_training(self, state: dict) -> None:
+        """Dense training's state at an epoch start."""
+        self._save({"kind": "train", **state})
+
+    def save_session(self, progress: Progress, state: dict) -> None:
+        """A fine-tuning call's state at an epoch start, with the dense entry it started from."""
+        self._save({"kind": "session", "dense": progress.dense, "cache_hit": progress.cache_hit,
+                    **state})
+
+    def _save(self, state: dict) -> None:
+        files.save_torch(self.path, {"config": self.config, **state})
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -180,19 +195,13 @@ def restore_training(saved: dict, model, optimizer, scheduler, generator) -> Non
     torch.set_rng_state(saved["torch_rng"])
 
 
-def restored_stats(saved: dict) -> GradientStats:
-    stats = GradientStats()
-    vars(stats).update(saved)
-    return stats
-
-
 def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix: list,
                 gradients, snapshots: dict) -> Callable[[int, list], None]:
     """fit's on_epoch for dense training: save, then stop here if asked to."""
 
     def save(epoch: int, history: list) -> None:
-        state.save("train", {"phase": "train", "epoch": epoch, "history": prefix + history,
-                             "gradients": dict(vars(gradients)), "snapshots": snapshots,
+        state.save_training({"phase": "train", "epoch": epoch, "history": prefix + history,
+                             "gradients": gradients.state_dict(), "snapshots": snapshots,
                              **training_state(model, optimizer, scheduler, generator)})
         stop_if_requested()
 
@@ -202,8 +211,8 @@ def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix:
 class Replay:
     """A session's progress through its schedule, and the saved point it fast-forwards to."""
 
-    def __init__(self, state: RunState | None = None):
-        self.state = state
+    def __init__(self, state: RunState | None = None, progress: Progress | None = None):
+        self.state, self.progress = state, progress
         self.saved = state.take("session") if state is not None else None
         self.fits = 0  # fine-tuning calls started
 
@@ -240,13 +249,7 @@ class Replay:
             raise RuntimeError("cannot resume: the schedule did not replay to the saved point "
                                "(resume=false starts over)")
         restore_training(saved, session.model, optimizer, scheduler, session.generator)
-        session.masks.update({n: m.to(session.masks.masks[n].device)
-                              for n, m in saved["masks"].items()})
-        session.masks.apply()
-        session.history, session.phases = saved["history"], saved["phases"]
-        session.timing = saved["timing"]
-        session.gradients = {phase: restored_stats(stats)  # telemetry of the steps so far
-                             for phase, stats in saved["gradients"].items()}
+        session.restore(saved)
         self.saved = None
         return saved["epoch"], saved["fit_history"]
 
@@ -263,12 +266,9 @@ class Replay:
         index = self.fits - 1
 
         def save(epoch: int, history: list) -> None:
-            self.state.save("session", {
-                "phase": phase, "fit_index": index, "epoch": epoch, "step": session.step,
-                "masks": session.masks.state_dict(), "events": session.events,
-                "history": session.history, "phases": session.phases,
-                "timing": session.timing, "fit_history": prefix + history,
-                "gradients": {p: dict(vars(g)) for p, g in session.gradients.items()},
+            self.state.save_session(self.progress, {
+                "phase": phase, "fit_index": index, "epoch": epoch,
+                "fit_history": prefix + history, **session.state_dict(),
                 **training_state(session.model, optimizer, scheduler, session.generator)})
             stop_if_requested()
 

@@ -101,6 +101,21 @@ class GradientStats:
         total = summarize(norms, clipped, self._past_nonfinite + self._nonfinite_losses)
         return total | {"epochs": list(self.epochs)}
 
+    def state_dict(self) -> dict:
+        """Everything recorded so far, for checkpoints/state.pt (tensors stay tensors)."""
+        return {"epochs": list(self.epochs), "norms": list(self._norms),
+                "clipped": list(self._clipped), "nonfinite_losses": self._nonfinite_losses,
+                "past_norms": list(self._past_norms), "past_clipped": list(self._past_clipped),
+                "past_nonfinite": self._past_nonfinite}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = list(state["epochs"])
+        self._norms, self._clipped = list(state["norms"]), list(state["clipped"])
+        self._nonfinite_losses = state["nonfinite_losses"]
+        self._past_norms = list(state["past_norms"])
+        self._past_clipped = list(state["past_clipped"])
+        self._past_nonfinite = state["past_nonfinite"]
+
     @staticmethod
     def _stacked(norms: list[Tensor], clipped: list[Tensor]) -> tuple[Tensor, Tensor]:
         if not norms:
