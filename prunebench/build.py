@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunebench.config.checks import ConfigError
@@ -47,6 +48,16 @@ def model(cfg: DictConfig, data: Dataset) -> nn.Module:
 def strategy(cfg: DictConfig):
     with rejected_as_config_error("strategy"):
         return instantiate(cfg.strategy)
+
+
+def strategy_class(cfg: DictConfig) -> type:
+    """The class `strategy._target_` names, imported but not built."""
+    target = OmegaConf.select(cfg, "strategy._target_", default=None)
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"strategy._target_={target} cannot be imported: {err}") from None
 
 
 def schedule(cfg: DictConfig):

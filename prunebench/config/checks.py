@@ -1,4 +1,9 @@
-"""Value checks run before any work; each failure names the key and what it allows."""
+"""Value checks run before any work; each failure names the key and what it allows.
+
+The keys every run has are checked here. A strategy's own keys (a criterion's variant, batches,
+penalty ...) are checked by its constructor with `number` and `choice`, and `check` builds the
+strategy once so those checks also run before any work; nothing here names a criterion.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,17 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _number(cfg, key, *, low=None, high=None, low_open=False, high_open=False,
-            integer=False, optional=False, allowed=""):
-    value = _get(cfg, key)
+def _number(cfg, key, **limits):
+    number(key, _get(cfg, key), **limits)
+
+
+def _choice(cfg, key, choices):
+    choice(key, _get(cfg, key), choices)
+
+
+def number(key: str, value, *, low=None, high=None, low_open=False, high_open=False,
+           integer=False, optional=False, allowed="") -> None:
+    """Raise ConfigError naming `key` unless `value` is a number within the limits."""
     if value is None:
         if optional:
             return
@@ -36,8 +49,8 @@ def _number(cfg, key, *, low=None, high=None, low_open=False, high_open=False,
         raise ConfigError(f"{key}={value} is invalid: allowed {allowed}")
 
 
-def _choice(cfg, key, choices):
-    value = _get(cfg, key)
+def choice(key: str, value, choices) -> None:
+    """Raise ConfigError naming `key` unless `value` is one of `choices`."""
     if value not in choices:
         raise ConfigError(f"{key}={value} is invalid: allowed {', '.join(map(str, choices))}")
 
@@ -76,12 +89,14 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_strategy(cfg: DictConfig) -> None:
+    from prunebench import build  # build imports this module
+
     amount, threshold = _get(cfg, "strategy.amount"), _get(cfg, "strategy.threshold")
     if amount is not None and threshold is not None:
         raise ConfigError("strategy.amount and strategy.threshold are both set: set one "
                           "(e.g. strategy.threshold=null)")
-    # a criterion with its own penalty (l0's strategy.lambda) may decide the sparsity itself
-    if amount is None and threshold is None and _get(cfg, "strategy.lambda") is None:
+    # a criterion that sets its own sparsity (a penalty's optimum) may leave both unset
+    if amount is None and threshold is None and not build.strategy_class(cfg).sets_own_sparsity:
         raise ConfigError("strategy.amount or strategy.threshold must be set")
     _number(cfg, "strategy.amount", low=0, high=1, high_open=True, optional=True,
             allowed="a fraction 0 <= amount < 1")
@@ -96,29 +111,4 @@ def check_strategy(cfg: DictConfig) -> None:
         parse_pattern(_get(cfg, "strategy.pattern"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    check_criterion(cfg)
-
-
-# criterion-specific keys, checked where a strategy's YAML has them
-VARIANTS = {"gradient": ("snip", "taylor", "grasp", "synflow"), "hessian": ("obd", "obs")}
-ESTIMATORS = ("hutchinson", "fisher", "exact")
-
-
-def check_criterion(cfg: DictConfig) -> None:
-    name = _get(cfg, "strategy.name")
-    if name in VARIANTS:
-        _choice(cfg, "strategy.variant", VARIANTS[name])
-    if _get(cfg, "strategy.estimator") is not None:
-        _choice(cfg, "strategy.estimator", ESTIMATORS)
-    for key in ("batches", "probes", "iterations", "block_size"):
-        if _get(cfg, f"strategy.{key}") is not None:
-            _number(cfg, f"strategy.{key}", low=1, integer=True, allowed="an integer >= 1")
-    if _get(cfg, "strategy.epochs") is not None:
-        _number(cfg, "strategy.epochs", low=0, integer=True, allowed="an integer >= 0")
-    for key in ("lambda", "damp"):
-        _number(cfg, f"strategy.{key}", low=0, optional=True, allowed="a number >= 0")
-    for key in ("max_memory_gb", "lr", "gate_lr"):
-        _number(cfg, f"strategy.{key}", low=0, low_open=True, optional=True,
-                allowed="a number > 0")
-    _number(cfg, "strategy.init_open", low=0, high=1, low_open=True, high_open=True,
-            optional=True, allowed="a probability 0 < init_open < 1")
+    build.strategy(cfg)  # the strategy's constructor checks its own keys

@@ -73,6 +73,8 @@ class Dynamic(Schedule):
         if self.variant not in VARIANTS:
             raise ConfigError(f"schedule.variant={self.variant} is invalid: allowed "
                               f"{', '.join(VARIANTS)}")
+        # cutting, splicing and regrowing act on single weights (select_by_amount, the
+        # hysteresis band, |grad| growth); no rule here keeps whole units together
         if strategy.granularity != "weight":
             raise ConfigError(f"strategy.granularity={strategy.granularity} is invalid with "
                               f"schedule=dynamic: allowed weight")

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from prunebench.config.checks import ConfigError
-from prunebench.pruning.units import example_input, find_units
 from prunebench.strategies.base import PruneContext, Strategy, expand_units
 
 VARIANTS = ("mean", "apoz", "entropy")
@@ -43,10 +42,7 @@ class Activation(Strategy):
     @torch.no_grad()
     def score_units(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         model = ctx.model
-        units = self.units
-        if units is None:  # granularity=weight: trace here
-            example = example_input(model, next(iter(ctx.batches()))[0])
-            units = find_units(model, example, self.exclude)
+        units = self.traced_units(ctx)  # traced by prune() at granularity=neuron
         outputs: dict[str, list[Tensor]] = {n: [] for n in weights}
         handles = []
         for name in weights:

@@ -11,12 +11,16 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from prunebench.strategies import allocation as allocations
 from prunebench.strategies.patterns import parse_pattern, pattern_keep, row_keep
+
+if TYPE_CHECKING:
+    from prunebench.pruning.units import Units
 
 SCOPES = ("global", "layer", "row")
 GRANULARITIES = ("weight", "neuron")
@@ -28,7 +32,9 @@ class PruneContext:
     """What a criterion may use besides the weights: training batches and the loss.
 
     Data-driven criteria also need the model (its forward), the current masks (what is pruned
-    already) and the target of this pruning call (iterative criteria prune in rounds).
+    already) and the target of this pruning call (iterative criteria prune in rounds). `units`
+    are the model's removable units (pruning.units.Units): `Strategy.prune` traces them for
+    granularity=neuron; a criterion that needs them otherwise calls `Strategy.traced_units`.
     """
 
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # fresh pass over training data
@@ -38,6 +44,7 @@ class PruneContext:
     model: nn.Module | None = None
     masks: dict[str, Tensor] | None = None
     amount: float | None = None
+    units: Units | None = None
 
 
 class Strategy:
@@ -46,7 +53,15 @@ class Strategy:
     A criterion that judges whole units (a unit's activations, a filter's norm) overrides
     `score_units` instead or as well; otherwise, with granularity=neuron, a unit's score is
     the sum of its weights' scores.
+
+    A criterion checks its own keys in its constructor (config.checks.number / choice, raising
+    ConfigError naming `strategy.KEY`); config.checks builds the strategy once before any work,
+    so a bad value stops the run there with one line.
     """
+
+    # True for a criterion that may run with amount and threshold both unset, choosing the
+    # sparsity itself (L0's penalty); the run then reports the sparsity it reached
+    sets_own_sparsity = False
 
     def __init__(self, name: str, amount: float | None = None, threshold: float | None = None,
                  scope: str = "global", granularity: str = "weight",
@@ -74,7 +89,7 @@ class Strategy:
         self.owl_m, self.owl_lambda = owl_m, owl_lambda
         self.outlier_ratios: dict[str, float] | None = None  # allocation=owl, per layer
         self.allow_collapse = allow_collapse
-        self.units = None  # granularity=neuron: pruning.units.Units of the model being pruned
+        self.units: Units | None = None  # the last pruning call's traced units (a record only)
         self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
         self.collapsed: list[str] = []  # layers left with no units by the last selection
 
@@ -104,32 +119,40 @@ class Strategy:
         parameters of removed units (see `_select_units`).
         """
         ctx = replace(ctx, model=model, masks=masks, amount=amount)
+        if self.granularity == "neuron":
+            ctx.units = self.units = self.traced_units(ctx)
         if self.allocation == "owl":
             self.outlier_ratios = allocations.owl_ratios(self, model, weights, ctx)
         scores = None
         if self.granularity == "neuron":
-            # torch-pruning loads for structured runs only
-            from prunebench.pruning.units import example_input, find_units
-
-            example = example_input(model, next(iter(ctx.batches()))[0])
-            self.units = find_units(model, example, self.exclude)
             with torch.enable_grad():
                 scores = self.score_units(weights, ctx)
         if scores is None:
             with torch.enable_grad():
                 scores = self.score(weights, ctx)
-        new = self.select(scores, masks, amount)
+        new = self.select(scores, masks, amount, ctx.units)
         self.compensate(weights, new, ctx)
         return new | self.coupled if self.granularity == "neuron" else new
 
+    def traced_units(self, ctx: PruneContext) -> Units:
+        """`ctx.units`, or the removable units of `ctx.model` traced on one batch."""
+        if ctx.units is not None:
+            return ctx.units
+        # torch-pruning loads for structured runs only
+        from prunebench.pruning.units import example_input, find_units
+
+        example = example_input(ctx.model, next(iter(ctx.batches()))[0])
+        return find_units(ctx.model, example, self.exclude)
+
     def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
-               amount: float | None) -> dict[str, Tensor]:
+               amount: float | None, units: Units | None = None) -> dict[str, Tensor]:
         """Masks keeping the best-scoring weights or units (by `amount`, else `threshold`).
 
-        At granularity=neuron, scores are per weight (summed per unit) or 1-D, per unit.
+        At granularity=neuron (`units` required), scores are per weight (summed per unit) or
+        1-D, per unit.
         """
         if self.granularity == "neuron":
-            return self._select_units(scores, masks, amount)
+            return self._select_units(scores, masks, amount, units)
         scores = {n: s.detach().float().masked_fill(masks[n] == 0, -torch.inf)
                   for n, s in scores.items()}
         if self.pattern is not None:
@@ -145,7 +168,7 @@ class Strategy:
         return {n: keep[n].to(masks[n].dtype) * masks[n] for n in masks}
 
     def _select_units(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
-                      amount: float | None) -> dict[str, Tensor]:
+                      amount: float | None, units: Units) -> dict[str, Tensor]:
         """Remove whole output units of the layers where that is consistent (units.py).
 
         `amount` is a fraction of removable units (as in torch.nn.utils.prune.ln_structured
@@ -157,14 +180,14 @@ class Strategy:
         """
         from prunebench.pruning.units import unit_masks
 
-        units = {}
-        for n in self.units.layers:
+        unit_scores = {}
+        for n in units.layers:
             s = scores[n].detach().float()
             s = unit_sums({n: s}, masks)[n] if s.dim() > 1 else s.clone()
-            units[n] = s.masked_fill(masks[n].flatten(1).sum(1) == 0, -torch.inf)
-        keep = self._keep_units(units, amount)
-        params = dict(self.units.graph.model.named_parameters())
-        removed = unit_masks(self.units, keep, params)
+            unit_scores[n] = s.masked_fill(masks[n].flatten(1).sum(1) == 0, -torch.inf)
+        keep = self._keep_units(unit_scores, amount)
+        params = dict(units.graph.model.named_parameters())
+        removed = unit_masks(units, keep, params)
         new = {n: m * removed[n] if n in removed else m.clone() for n, m in masks.items()}
         self.coupled = {n: m for n, m in removed.items() if n not in masks}
         return new

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from prunebench.config.checks import choice, number
 from prunebench.strategies.autodiff import batch_gradients, eval_mode, mean_gradient, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 
@@ -29,6 +30,9 @@ class Gradient(Strategy):
     def __init__(self, name: str, variant: str = "snip", batches: int = 1,
                  iterations: int = 100, **selection):
         super().__init__(name, **selection)
+        choice("strategy.variant", variant, VARIANTS)
+        for key, value in (("batches", batches), ("iterations", iterations)):
+            number(f"strategy.{key}", value, low=1, integer=True, allowed="an integer >= 1")
         self.variant, self.batches, self.iterations = variant, batches, iterations
 
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
@@ -75,7 +79,8 @@ class Gradient(Strategy):
             scores = synflow_scores(ctx.model, masks, ones)
             if k == rounds:
                 break
-            masks = self.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds))
+            masks = self.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds),
+                                ctx.units)
         log.info("synflow: %d rounds", rounds)
         return {n: s.masked_fill(masks[n] == 0, -torch.inf) for n, s in scores.items()}
 

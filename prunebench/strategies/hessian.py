@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from prunebench.config.checks import choice, number
 from prunebench.strategies import obs
 from prunebench.strategies.autodiff import (
     Batch,
@@ -41,6 +42,14 @@ class Hessian(Strategy):
                  batches: int = 4, probes: int = 8, damp: float = 0.01, block_size: int = 1024,
                  max_memory_gb: float = 2.0, **selection):
         super().__init__(name, **selection)
+        choice("strategy.variant", variant, VARIANTS)
+        if estimator is not None:
+            choice("strategy.estimator", estimator, ESTIMATORS)
+        for key, value in (("batches", batches), ("probes", probes), ("block_size", block_size)):
+            number(f"strategy.{key}", value, low=1, integer=True, allowed="an integer >= 1")
+        number("strategy.damp", damp, low=0, allowed="a number >= 0")
+        number("strategy.max_memory_gb", max_memory_gb, low=0, low_open=True,
+               allowed="a number > 0")
         self.variant, self.estimator = variant, estimator
         self.batches, self.probes = batches, probes
         self.damp, self.block_size, self.max_memory_gb = damp, block_size, max_memory_gb

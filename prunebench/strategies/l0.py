@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from prunebench.config.checks import number
 from prunebench.strategies.base import PruneContext, Strategy
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ CLOSED_BELOW = float(open_probability(torch.tensor(math.log(-GAMMA / ZETA))))
 
 
 class L0(Strategy):
+    sets_own_sparsity = True  # amount and threshold unset: the gates decide
+
     def __init__(self, name: str, epochs: int = 10, lr: float = 1e-3, gate_lr: float = 0.05,
                  init_open: float = 0.9, amount: float | None = None,
                  threshold: float | None = None, scope: str = "global",
@@ -64,6 +67,12 @@ class L0(Strategy):
         # `lambda` is a Python keyword, so it arrives through **penalty
         lam = penalty.pop("lambda", 1e-4)
         super().__init__(name, amount, threshold, scope, granularity, **penalty)
+        number("strategy.lambda", lam, low=0, allowed="a number >= 0")
+        number("strategy.epochs", epochs, low=0, integer=True, allowed="an integer >= 0")
+        for key, value in (("lr", lr), ("gate_lr", gate_lr)):
+            number(f"strategy.{key}", value, low=0, low_open=True, allowed="a number > 0")
+        number("strategy.init_open", init_open, low=0, high=1, low_open=True, high_open=True,
+               allowed="a probability 0 < init_open < 1")
         self.lam = float(lam)
         self.epochs, self.lr, self.gate_lr, self.init_open = epochs, lr, gate_lr, init_open
         if amount is None and threshold is None:
@@ -78,9 +87,9 @@ class L0(Strategy):
 
     def score_units(self, weights: dict[str, Tensor], ctx: PruneContext
                     ) -> dict[str, Tensor] | None:
-        """granularity=neuron: one gate per removable unit (base.py's self.units)."""
+        """granularity=neuron: one gate per removable unit (ctx.units, traced by prune())."""
         shapes = {n: (weights[n].shape[0],) + (1,) * (weights[n].dim() - 1)
-                  for n in self.units.layers}
+                  for n in self.traced_units(ctx).layers}
         gates = self.train_gates(weights, shapes, ctx)
         return {n: open_probability(a).flatten() for n, a in gates.items()}
 

@@ -25,7 +25,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.checks import ConfigError, number
 from prunebench.strategies import calibration
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
@@ -42,6 +42,9 @@ class SparseGPT(Strategy):
         for key, value in (("batches", batches), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"strategy.{key}={value} is invalid: allowed an integer >= 1")
+        number("strategy.damp", damp, low=0, allowed="a number >= 0")
+        number("strategy.max_memory_gb", max_memory_gb, low=0, low_open=True,
+               allowed="a number > 0")
         if self.allocation not in ("uniform", "row") and self.granularity == "weight":
             raise ValueError("sparsegpt chooses weights layer by layer: strategy.scope must be "
                              "layer or row")
