@@ -97,4 +97,4 @@ def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
                        max_norm=cfg.train.grad_clip.max_norm,
                        max_value=cfg.train.grad_clip.max_value,
                        l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2,
-                       amp=cfg.train.get("amp"), compile=cfg.train.get("compile", False))
+                       amp=cfg.train.amp, compile=cfg.train.compile)

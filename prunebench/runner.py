@@ -91,7 +91,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     train_s = time.perf_counter() - train_start
 
     session = Session(cfg, model, data, strategy, out_dir,
-                      rewind_states={"init": init_state, **dense.get("snapshots", {})},
+                      rewind_states={"init": init_state, **dense["snapshots"]},
                       replay=resume.Replay(state, progress),
                       loss_fn=recovery.teacher_loss(cfg, model))  # distillation from dense
     progress.session = session

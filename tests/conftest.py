@@ -43,6 +43,23 @@ def run_cli(args: list[str], cwd: Path, *, script: str = "prunebench",
     return proc
 
 
+def checkpoint_accuracy(results: dict, checkpoint: Path) -> float:
+    """Test accuracy of a saved state_dict, recomputed here from the run's resolved config."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from prunebench import build
+
+    cfg = OmegaConf.create(results["config"])
+    data = build.dataset(cfg)
+    model = build.model(cfg, data)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        predicted = model(data.test.x).argmax(1)
+    return (predicted == data.test.y).double().mean().item()
+
+
 @pytest.fixture
 def cli(tmp_path):
     """run(args) -> (results dict, run folder) for a single run in a fresh folder."""

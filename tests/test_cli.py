@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import checkpoint_accuracy, run_cli
 
 PHASE_KEYS = {"accuracy", "loss", "params", "nonzero", "sparsity", "layers"}
 
@@ -18,7 +18,8 @@ def test_single_run_writes_contract(cli):
     assert results["config"]["strategy"]["amount"] == 0.8
     for phase in ("dense", "pruned", "final"):
         assert PHASE_KEYS <= results[phase].keys(), phase
-        assert 0.0 <= results[phase]["accuracy"] <= 1.0
+        assert results[phase]["accuracy"] == pytest.approx(
+            checkpoint_accuracy(results, out / "checkpoints" / f"{phase}.pt")), phase
         for layer in results[phase]["layers"]:
             assert {"name", "params", "nonzero"} <= layer.keys()
     assert {"train_s", "prune_s", "finetune_s", "total_s"} <= results["timing"].keys()

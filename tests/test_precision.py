@@ -36,7 +36,9 @@ def test_amp_on_cpu_is_an_exact_no_op_with_a_log_line(amp, caplog):
 def test_scaler_only_for_fp16_on_cuda():
     assert not precision.grad_scaler("bf16", True).is_enabled()
     assert not precision.grad_scaler("fp16", False).is_enabled()
-    assert precision.autocast("bf16", False).__class__.__name__ == "nullcontext"
+    with precision.autocast("bf16", False):  # disabled: no autocast anywhere
+        assert not torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")
+    assert isinstance(precision.autocast("bf16", True), torch.autocast)
 
 
 def test_compile_wraps_the_same_parameters():

@@ -1,5 +1,8 @@
 """Multiply-accumulates (MACs) per image, measured with forward hooks on a dummy input.
 
+results.json keeps the names users read, `flops` and `effective_flops`, for these counts: they
+are MACs (one multiply-accumulate each; torch's FLOP counter reports twice as many).
+
 Every Linear and Conv layer is counted (norms, activations, pooling and biases are not, as in
 the pruning literature's FLOP figures). The *effective* count skips zero weights: a layer's MACs
 scale with the nonzero fraction of its weight, which is what a sparse kernel would execute.
@@ -52,7 +55,8 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int],
 
 def count(model: nn.Module, input_shape: Sequence[int],
           dtype: torch.dtype = torch.float32) -> dict:
-    """Totals recorded in every phase of results.json: `flops` and `effective_flops` (MACs)."""
+    """Totals recorded in every phase of results.json: `flops` and `effective_flops`, both
+    counted in MACs (the keys keep their first names)."""
     layers = layer_macs(model, input_shape, dtype).values()
     return {"flops": sum(layer["macs"] for layer in layers),
             "effective_flops": sum(layer["effective_macs"] for layer in layers)}

@@ -47,8 +47,8 @@ ALWAYS = [
     ("sparsity", "sparsity", "{:.4f}"),
     ("compression", "compression", "{:.1f}x"),
     ("nonzero", "nonzero", "{:,.0f}"),
-    ("flops", "dense FLOPs", "{:.3g}"),
-    ("effective_flops", "eff. FLOPs", "{:.3g}"),
+    ("flops", "dense MACs", "{:.3g}"),
+    ("effective_flops", "eff. MACs", "{:.3g}"),
     ("speedup", "speedup", "{:.2f}x"),  # measured: dense ms / fastest form's ms (latency.py)
     ("prune_s", "prune s", "{:.2f}"),
     ("prune_peak_mb", "prune peak MB", "{:.1f}"),
@@ -129,7 +129,8 @@ def row(results: dict, run: str) -> dict:
         "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
         "nonzero": final.get("nonzero"),
         "params": final.get("params"),
-        # FLOPs from the phases; else the MACs the compaction measured (structured pruning)
+        # MACs (results.json calls them flops) from the phases; else the MACs the compaction
+        # measured (structured pruning)
         "flops": dense.get("flops", _get(results, "compact", "dense_macs")),
         "effective_flops": final.get("effective_flops", _get(results, "compact", "macs")),
         "latency_ms": _latency(results.get("compact"), "compact_ms"),

@@ -37,7 +37,7 @@ class Progress:
     def gradients(self) -> dict:
         """Gradient telemetry per phase: dense training, then the session's phases."""
         if self.dense is not None:
-            train = self.dense.get("gradients")
+            train = self.dense["gradients"]
         else:
             train = self.train_gradients.summary() if self.train_gradients else None
         session = {p: g.summary() for p, g in self.session.gradients.items()} \
