@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,timm,export,trackers]"
 	touch $@
 
-run: install
-	$(BIN)/prunebench
+run: install  # the default comparison: l1, l0, gradient, hessian, random on digits
+	$(BIN)/prunebench -m +experiment=compare
 
 test: install
 	$(BIN)/python -m pytest

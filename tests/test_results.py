@@ -174,6 +174,21 @@ def test_runs_differing_in_more_than_seed_are_not_averaged(tmp_path):
     assert [r["n"] for r in rows] == [2, 2]
 
 
+def test_a_criterion_that_chose_its_sparsity_shows_the_sparsity_reached(tmp_path):
+    root = tmp_path / "runs"
+    for seed, reached in ((0, 0.8), (1, 0.9)):  # l0 without amount: its penalty decides
+        fake(root, f"l0-{seed}", strategy="l0", amount=reached, seed=seed)
+        path = root / f"l0-{seed}" / "results.json"
+        results = json.loads(path.read_text())
+        results["config"]["strategy"]["amount"] = None
+        path.write_text(json.dumps(results))
+    rows = report(root)
+    assert [(r["target"], r["n"]) for r in rows] == [("0.8500 (own)", 2)]  # seeds pooled
+    report(root, fmt="md")
+    table = (root / "comparison.md").read_text()
+    assert "| 0.8500 (own) |" in table and "None" not in table
+
+
 def _nontrivial(path):
     pixels = image.imread(path)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 300

@@ -85,6 +85,11 @@ TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "ran
             "finetune_epochs")
 
 
+# the target of a criterion that chose its own sparsity (l0 without amount or threshold); the
+# tables show the sparsity it reached there
+OWN = "own"
+
+
 def _get(d: dict, *path, default=None):
     for p in path:
         if not isinstance(d, dict):
@@ -114,7 +119,8 @@ def row(results: dict, run: str) -> dict:
         "granularity": strategy.get("granularity"),
         "scope": strategy.get("scope"),
         "schedule": _get(cfg, "schedule", "name"),
-        "target": amount if amount is not None else f"t<{threshold}",
+        "target": amount if amount is not None else (
+            f"t<{threshold}" if threshold is not None else OWN),
         "seed": cfg.get("seed"),
         "dense_acc": dense_acc,
         "pruned_acc": _get(results, "pruned", "accuracy"),
@@ -322,12 +328,19 @@ def versus(g: dict) -> str:
     return text
 
 
+def key_text(g: dict, key: str) -> str:
+    """A key cell; an own-sparsity target shows the (mean) sparsity reached."""
+    if key == "target" and g.get(key) == OWN and _finite(g.get("sparsity_mean")):
+        return f"{g['sparsity_mean']:.4f} (own)"
+    return _fmt(g.get(key), "{}")
+
+
 def markdown(groups: list[dict]) -> str:
     keys, metrics = key_columns(groups), metric_columns(groups)
     headers = keys + ["status", "n"] + [h for _, h, _ in metrics] + ["vs baseline", "flags"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for g in groups:
-        cells = [_fmt(g.get(k), "{}") for k in keys] + [str(g["status"]), str(g["n"])]
+        cells = [key_text(g, k) for k in keys] + [str(g["status"]), str(g["n"])]
         cells += [cell(g, m, f) for m, _, f in metrics]
         cells += [versus(g), "; ".join(filter(None, [g.get("flags"), g.get("error")]))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -342,6 +355,8 @@ def records(groups: list[dict]) -> list[dict]:
     for g in groups:
         keys = [k for k in g if k not in _NON_KEY]
         rec = {k: g.get(k) for k in keys + ["status", "n"]}
+        if rec.get("target") == OWN:
+            rec["target"] = key_text(g, "target")
         for m in stats.METRICS:
             for s in ("mean", "std", "ci95"):
                 value = g.get(f"{m}_{s}")
@@ -418,7 +433,7 @@ def show(groups: list[dict], title: str = "prunebench comparison") -> None:
         notes = [g.get("flags"), g.get("error")] + ([g["status"]] if g["status"] != "ok"
                                                     else [])
         # cells come from files anyone may have written: escape rich markup like "[/]"
-        cells = [_fmt(g.get(k), "{}") for k in keys] + [str(g["n"])] + [
+        cells = [key_text(g, k) for k in keys] + [str(g["n"])] + [
             cell(g, m, f) for m, _, f in metrics] + [versus(g), "; ".join(filter(None, notes))]
         table.add_row(*[escape(c) for c in cells], style=style)
     stdout.print(table)
