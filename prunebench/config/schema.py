@@ -6,7 +6,8 @@ Hydra's message. Each group's node types the keys all its options share (a strat
 amount, threshold, scope, granularity; an optimizer's lr) and stays open for an option's own
 keys (a model's widths, a criterion's settings), which the option's `_target_` signature checks
 when it is built. So a new strategy, model or dataset is still one module plus one YAML.
-Value ranges and combinations are checked in schema.py.
+Value ranges and combinations are checked in config/checks.py, a strategy's own keys in its
+constructor.
 """
 
 from __future__ import annotations

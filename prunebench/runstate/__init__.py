@@ -1,1 +1,2 @@
-"""Run state on disk: atomic files, the dense-model cache, interruption and exact resume."""
+"""Run state: what a run has finished (progress), interruption and exact resume, the dense-model
+cache, atomic files."""

@@ -1,7 +1,7 @@
 """L0 regularization with hard-concrete gates (Louizos, Welling & Kingma 2018).
 
 Every weight (granularity=weight) or removable output unit (granularity=neuron: the units
-base.py / structure.py may remove) is multiplied by a stochastic gate z in [0, 1] with a
+base.py / pruning/units.py may remove) is multiplied by a stochastic gate z in [0, 1] with a
 learned log-alpha. Gates and weights train together from the current (dense) weights for
 `epochs` epochs on
 

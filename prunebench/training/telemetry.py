@@ -2,7 +2,7 @@
 
 Every optimizer step contributes one global gradient norm (one fused `_foreach_norm` over all
 gradients, taken before clipping) and one clipped flag. Both stay on the device as 0-dim
-tensors until the epoch ends, so recording adds no host synchronization (train.fit reads the
+tensors until the epoch ends, so recording adds no host synchronization (loop.fit reads the
 norm once per step, as its divergence check); the statistics are computed once per epoch on
 the stacked buffer.
 """
@@ -29,7 +29,7 @@ def clip(params: list[Tensor], norm: Tensor, max_norm: float | None,
          max_value: float | None) -> Tensor:
     """Clip gradients in place; returns a 0-dim bool tensor: did clipping change them?
 
-    `norm` is the global norm before clipping. Value clipping runs first (as in train.fit's
+    `norm` is the global norm before clipping. Value clipping runs first (as in loop.fit's
     documented order), then norm clipping on what is left.
     """
     clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
