@@ -8,6 +8,7 @@ out), as in the LLM-pruning papers; embeddings, norms and the tied head hold no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,28 +18,37 @@ from torch import nn
 from prunebench.config.checks import ConfigError
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
+class SelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, causal: bool = True):
         super().__init__()
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
-        self.n_head, self.dropout = n_head, dropout
+        self.n_head, self.dropout, self.causal = n_head, dropout, causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+        # attention written out rather than F.scaled_dot_product_attention: its fused CPU
+        # kernel has no second derivative, which Hessian criteria (obd, grasp) take
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
+        if self.causal:
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            att = att.masked_fill(future, float("-inf"))
+        att = F.dropout(att.softmax(-1), self.dropout, self.training)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
+    """Pre-LayerNorm transformer block (also the Vision Transformer's, with causal=False)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, causal: bool = True,
+                 mlp_ratio: float = 4.0):
         super().__init__()
+        hidden = round(mlp_ratio * n_embd)
         self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(),
-                                 nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
+        self.attn = SelfAttention(n_embd, n_head, dropout, causal)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, hidden), nn.GELU(),
+                                 nn.Linear(hidden, n_embd), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))

@@ -16,7 +16,7 @@ Scores are per unit; at granularity=weight every weight gets its unit's score.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunebench.config.checks import ConfigError
 from prunebench.strategies.base import PruneContext, Strategy, expand_units
@@ -47,9 +47,12 @@ class Activation(Strategy):
         handles = []
         for name in weights:
             site, relu = units.activation_site(units.prunable[name])
+            # a Linear's units are its last dim: tokens [B, T, C] become [B, C, T]
+            tokens = isinstance(model.get_submodule(name.rpartition(".")[0]), nn.Linear)
 
-            def keep(module, inputs, out, name=name, relu=relu):
-                outputs[name].append(out.detach().relu() if relu else out.detach())
+            def keep(module, inputs, out, name=name, relu=relu, tokens=tokens):
+                out = out.detach().movedim(-1, 1) if tokens and out.dim() > 2 else out.detach()
+                outputs[name].append(out.relu() if relu else out)
             handles.append(site.register_forward_hook(keep))
         was_training = model.training
         model.eval()

@@ -1,0 +1,111 @@
+"""Hugging Face causal language models through `transformers` (the optional extra `lm`).
+
+`model=hf model.name=ID_OR_FOLDER` loads AutoModelForCausalLM.from_pretrained: a local folder
+(what people have on clusters) or, online, a hub id. The wrapper takes token windows [B, T] and
+returns next-token logits [B, T, vocab] like prunebench's own GPT.
+
+Prunable, as in the LLM-pruning papers, are the Linear layers inside the decoder blocks (the
+model's first nn.ModuleList holding Linear layers); embeddings, norms, the LM head and any
+projection outside the blocks stay dense (`dense_by_default`). GPT-2 keeps its block weights in
+transformers' Conv1D (weight [in, out]); those are converted to nn.Linear at load, so masks,
+N:M patterns along the input dimension, Wanda's rows and SparseGPT's columns mean the same for
+every family.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunebench.config.checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("model=hf needs transformers: pip install 'prunebench[lm]'") from None
+    return transformers
+
+
+def load_tokenizer(name: str):
+    """The tokenizer saved with a model (a folder or a hub id); one line when there is none."""
+    transformers = require_transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as err:
+        where = "folder" if Path(name).expanduser().is_dir() else "hub id (offline?)"
+        raise ConfigError(
+            f"model.tokenizer={name}: no tokenizer found in that {where} "
+            f"({first_line(err)}); set model.tokenizer=bytes to feed UTF-8 byte ids, which only "
+            "makes sense for a model trained on them") from None
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class HFCausalLM(nn.Module):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
+                 tokenizer: str | None = None, revision: str | None = None):
+        super().__init__()
+        transformers = require_transformers()
+        local = Path(name).expanduser()
+        try:
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(local) if local.is_dir() else name, revision=revision, dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            where = "folder" if local.is_dir() else "local folder, nor a hub id reachable now"
+            raise ConfigError(f"model.name={name} is not a loadable {where}: "
+                              f"{first_line(err)}") from None
+        config = self.model.config
+        if num_classes > config.vocab_size:
+            raise ConfigError(f"model.name={name} has a vocabulary of {config.vocab_size}, the "
+                              f"data's tokens need {num_classes} (model.tokenizer={tokenizer})")
+        positions = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None)
+        if positions and input_shape[0] > positions:
+            raise ConfigError(f"dataset.seq_len={input_shape[0]} is longer than the "
+                              f"{positions} positions of model.name={name}")
+        converted = linear_from_conv1d(self.model)
+        self.dense_by_default = outside_blocks(self)
+        log.info("hf: %s, %d layers left dense outside the blocks%s", name,
+                 len(self.dense_by_default),
+                 f", {converted} Conv1D layers as Linear" if converted else "")
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=idx, use_cache=False).logits
+
+
+def linear_from_conv1d(model: nn.Module) -> int:
+    """Replace transformers' Conv1D (y = x W + b, W [in, out]) by the equal nn.Linear."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name, conv in found:
+        inputs, outputs = conv.weight.shape
+        linear = nn.Linear(inputs, outputs, bias=conv.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.T)
+            if conv.bias is not None:
+                linear.bias.copy_(conv.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return len(found)
+
+
+def outside_blocks(model: nn.Module) -> tuple[str, ...]:
+    """Exact-name patterns of the Linear layers outside the decoder blocks (the first
+    nn.ModuleList that holds Linear layers): the LM head, input/output projections."""
+    blocks = next((n for n, m in model.named_modules() if isinstance(m, nn.ModuleList)
+                   and any(isinstance(c, nn.Linear) for c in m.modules())), None)
+    return tuple(re.escape(n) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                 and (blocks is None or not n.startswith(blocks + ".")))

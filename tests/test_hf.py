@@ -1,0 +1,94 @@
+"""model=hf: a tiny random GPT-2 with a BPE tokenizer trained here, saved with save_pretrained
+and loaded back through the CLI offline: prune, fine-tune, evaluate. The dense perplexity is
+checked against transformers' own loss on the same windows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+SENTENCES = ["the cat sat on the mat. ", "a dog ran to the park! ", "we like green tea; ",
+             "naïve café au lait. "]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model folder, text file): GPT-2 family, 2 blocks of width 32, 300-token BPE."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("hf")
+    corpus = root / "tiny.txt"
+    corpus.write_text("".join(SENTENCES[i % 4] for i in range(200)), encoding="utf-8")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>",
+                                                     eos_token="<eos>")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32,
+                                     n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1)
+    folder = root / "gpt2-tiny"
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, corpus
+
+
+def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
+    folder, corpus = tiny
+    out = tmp_path / "run"
+    run_cli([f"hydra.run.dir={out}", "cache.enabled=false", "model=hf", f"model.name={folder}",
+             "dataset=text", f"dataset.path={corpus}", "dataset.seq_len=32", "optimizer=adamw",
+             "train.epochs=0", "finetune.epochs=2", "train.batch_size=8", "strategy=wanda",
+             "strategy.amount=0.5"], cwd=tmp_path, env=OFFLINE)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok"
+    assert results["config"]["dataset"]["tokenizer"] == str(folder)
+    # GPT-2's Conv1D block layers, as Linear, are what was pruned; nothing outside the blocks
+    names = [layer["name"] for layer in results["final"]["layers"]]
+    assert len(names) == 8 and all(n.startswith("model.transformer.h.") for n in names)
+    assert "model.transformer.h.0.attn.c_attn.weight" in names
+    assert results["final"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert results["final"]["perplexity"] < results["pruned"]["perplexity"]
+    final = torch.load(out / "checkpoints" / "final.pt")
+    for dense in ("model.transformer.wte.weight", "model.lm_head.weight",
+                  "model.transformer.ln_f.weight"):
+        assert torch.count_nonzero(final[dense]) == final[dense].numel()
+
+    # the dense phase is the saved model itself: transformers' own shifted loss agrees
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor(tokenizer(corpus.read_text(), add_special_tokens=False)["input_ids"])
+    test = ids[len(ids) - round(len(ids) * 0.05):]
+    losses = []
+    with torch.no_grad():
+        for start in range(0, (len(test) - 1) // 32 * 32, 32):
+            window = test[start:start + 33][None]  # 32 inputs and their 32 next tokens
+            losses.append(model(input_ids=window, labels=window).loss.item())
+    assert results["dense"]["perplexity"] == pytest.approx(
+        math.exp(sum(losses) / len(losses)), rel=1e-4)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["model.name=/nonexistent/tiny-model", "model.tokenizer=bytes"], "model.name"),
+    (["model.name=/nonexistent/tiny-model"], "model.tokenizer"),
+    (["dataset=wikitext2", "model=gpt"], "wikitext2"),
+])
+def test_hf_offline_errors_are_one_line(tmp_path, tiny, args, key):
+    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "model=hf", "dataset=text",
+                    f"dataset.path={tiny[1]}", "dataset.seq_len=32", *args], cwd=tmp_path,
+                   check=False, env=OFFLINE)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("prunebench: error:"), proc.stderr
+    assert key in errors[0], proc.stderr
