@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from prunebench.data import Dataset, batches
 
 log = logging.getLogger(__name__)
 BATCH = 32  # test images the ONNX model is checked on
+# the exporter's optimization passes log every rewrite at INFO
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 
 def wanted(cfg: DictConfig) -> bool:
@@ -70,8 +73,9 @@ def onnx(model: nn.Module, x: Tensor, path: Path) -> dict:
     model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         expected = model(x)
-    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
-                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with quiet(*EXPORTER_LOGGERS):
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
     _atomic_save(path, lambda tmp: program.save(tmp, external_data=False))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -89,6 +93,20 @@ def safetensors(model: nn.Module, path: Path) -> dict:
     # save_model drops the duplicates of tied weights, which save_file refuses
     _atomic_save(path, lambda tmp: save_model(copy.deepcopy(model).cpu(), tmp))
     return {"file": f"checkpoints/{path.name}", "size": path.stat().st_size}
+
+
+@contextmanager
+def quiet(*names: str):
+    """Raise these loggers to WARNING for the duration (their handlers are left alone)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _atomic_save(path: Path, save) -> None:
