@@ -83,6 +83,7 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     from prunebench.data import batches
     from prunebench.pruning.masks import prunable_weights
     from prunebench.runstate import files, resume
+    from prunebench.runstate.progress import Progress
     from prunebench.strategies.base import PruneContext, bottom_k
     from prunebench.training.loop import evaluate
 
@@ -95,8 +96,9 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
     strategy = build.strategy(cfg)
-    state = resume.RunState(cfg, out)
-    dense, hit = runner.dense_weights(cfg, model, data, device, {}, state)
+    state, progress = resume.RunState(cfg, out), Progress()
+    runner.dense_model(cfg, model, data, device, progress, state)
+    dense, hit = progress.dense, progress.cache_hit
     state.path.unlink(missing_ok=True)  # dense training's resume point: not needed now
     model.load_state_dict(dense["state_dict"])
     files.save_torch(out / "checkpoints" / "dense.pt", dense["state_dict"])
