@@ -12,9 +12,12 @@ from importlib import resources
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from prunebench.config import messages
 from prunebench.config.schema import GROUPS  # importing prunebench registers the config schema
 
 log = logging.getLogger("prunebench")
@@ -46,18 +49,31 @@ def check_choices(args: list[str]) -> str | None:
 
 
 def main() -> None:
-    message = check_choices(sys.argv[1:])
+    message = check_choices(sys.argv[1:]) or messages.missing_search_path(sys.argv[1:])
     if message:
         sys.exit(f"prunebench: error: {message}")
+    # Hydra prints its composition errors over many lines and exits; with HYDRA_FULL_ERROR
+    # they reach us instead, to be condensed to one (unless the user asked for them whole)
+    condense = "HYDRA_FULL_ERROR" not in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
     except KeyboardInterrupt:  # die by SIGINT, as shells and schedulers expect
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
+    except (HydraException, OmegaConfBaseException) as err:
+        if not condense or _task_started:
+            raise
+        sys.exit(f"prunebench: error: {messages.condense(err)}")
+
+
+_task_started = False  # an error after this is the task's own, not a composition error
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunebench.conf", config_name="config")
 def task(cfg: DictConfig) -> float | None:
+    global _task_started
+    _task_started = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweep composes per job
     from prunebench import runner  # torch loads here, after Hydra parsed the line
     from prunebench.config.checks import ConfigError
     from prunebench.models import own

@@ -15,12 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build
-from prunebench.config import checks
+from prunebench.config import checks, inputs
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, latency, macs, recovery
 from prunebench.pruning.session import Session
-from prunebench.results import export, trackers
-from prunebench.runstate import cache, files, resume
+from prunebench.results import emptiness, export, trackers
+from prunebench.runstate import cache, files, folder, resume
 from prunebench.runstate.progress import Progress
 from prunebench.strategies import allocation
 from prunebench.training.loop import Diverged, evaluate, fit, headline
@@ -35,8 +35,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     results: dict = {"status": "failed", "config": OmegaConf.to_container(cfg, resolve=True)}
     progress = Progress()  # what the pipeline finished before a failure, kept in results.json
     state = resume.RunState(cfg, out_dir)
+    # a folder holding another run is refused before anything is written into it; a bad
+    # value leaves a folder that already held a run exactly as it was
+    folder.check_owner(out_dir, state.config, cfg.resume)
+    fresh = not (out_dir / "results.json").exists() and not state.path.exists()
+    write = True
     tracking = trackers.Tracking()  # logger=...: experiment trackers, no-op until started
     try:
+        inputs.check(cfg)
         checks.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None:
@@ -45,6 +51,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         tracking = trackers.start(cfg, out_dir, resuming=state.saved is not None)
         with tracking.observing():
             results |= pipeline(cfg, out_dir, progress, state)
+        results |= emptiness.warnings(results)
         results["status"] = "ok"
     except Diverged as err:
         results |= progress.results() | {
@@ -55,13 +62,18 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     except (resume.Interrupted, KeyboardInterrupt) as err:
         results |= progress.results() | {"status": "interrupted", "error": repr(err)}
         raise
+    except checks.ConfigError as err:
+        results |= progress.results() | {"error": f"ConfigError: {err}"}
+        write = fresh
+        raise
     except Exception as err:
         results |= progress.results()
         results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results["traceback"] = traceback.format_exc()
         raise
     finally:
-        files.write_json(out_dir / "results.json", results)
+        if write:
+            files.write_json(out_dir / "results.json", results)
         tracking.finish(results)
         if results["status"] in resume.FINISHED:
             state.finish()

@@ -13,7 +13,6 @@ from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
 from prunebench.strategies.patterns import parse_pattern
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = (None, "bf16", "fp16")
 
@@ -58,7 +57,6 @@ def choice(key: str, value, choices) -> None:
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad value."""
     _number(cfg, "seed", integer=True, allowed="an integer")
-    _choice(cfg, "device", DEVICES)
     _choice(cfg, "resume", ("auto", True, False))
     _number(cfg, "train.epochs", low=0, integer=True, allowed="an integer >= 0")
     _number(cfg, "train.batch_size", low=1, integer=True, allowed="an integer >= 1")

@@ -22,6 +22,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
 from prunebench.config.checks import ConfigError
+from prunebench.data import validate
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation
 from prunebench.runstate import files
@@ -105,7 +106,8 @@ def read_torchvision(name: str, root: Path, source_dir: str | None, download: bo
     source = SOURCES[name]
     target = root / source.folder
     looked = [str(target)]
-    if not all((target / f).exists() for f in source.files):
+    staged = all((target / f).exists() for f in source.files)
+    if not staged or not staged_files_ok(source, target):
         candidates = [source_dir] if source_dir else list(source.system_dirs)
         looked += [str(Path(c).expanduser()) for c in candidates]
         for folder in candidates:
@@ -131,15 +133,39 @@ def stage(source: Source, folder: Path, root: Path, target: Path) -> bool:
     """Copy (and un-gzip) the files found in `folder` into torchvision's layout."""
     archive = folder / "cifar-10-python.tar.gz"
     if archive.exists():
+        validate.check_archive(archive)
         extract_archive(str(archive), str(root))
         return all((target / f).exists() for f in source.files)
     for inner in (folder, folder / source.folder):
         found = {f: first_existing(inner / f, inner / f"{f}.gz") for f in source.files}
         if all(found.values()):
+            check_files(source, found)  # a bad source file is named, and never copied
             for f, src in found.items():
                 files.copy_file(src, target / f, gunzip=src.suffix == ".gz")
             return True
     return False
+
+
+def check_files(source: Source, found: dict[str, Path]) -> None:
+    if source.files == IDX_FILES:
+        validate.check_idx_files(found)
+    else:
+        for path in found.values():
+            validate.check_cifar_batch(path)
+
+
+def staged_files_ok(source: Source, target: Path) -> bool:
+    """Whether the copies in `root` are whole; bad ones (from an older version, or a disk
+    error) are removed with a warning, so they are copied again from the sources."""
+    found = {f: target / f for f in source.files}
+    try:
+        check_files(source, found)
+        return True
+    except validate.BadDataFile as err:
+        log.warning("%s; copying the dataset files again", err)
+        for path in found.values():
+            path.unlink(missing_ok=True)
+        return False
 
 
 def first_existing(*paths: Path) -> Path | None:

@@ -7,10 +7,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from prunebench.config.inputs import check_sizes
+
 
 class MLP(nn.Sequential):
     def __init__(self, input_shape: Sequence[int], num_classes: int,
                  hidden: Sequence[int] = (256, 128), name: str = "mlp"):
+        check_sizes("model.hidden", hidden, allowed="a list of widths >= 1 ([] for none)",
+                    empty=True)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.config.inputs import check_sizes
 
 
 class BasicBlock(nn.Module):
@@ -37,7 +38,8 @@ class CifarResNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int = 20,
                  widths: Sequence[int] = (16, 32, 64), name: str = "resnet"):
         super().__init__()
-        if (depth - 2) % 6 != 0:
+        check_sizes("model.widths", widths, allowed="a list of channel counts >= 1")
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
             raise ConfigError(f"model.depth={depth} is invalid: allowed 6n+2 (20, 32, 44, 56, 110)")
         blocks = (depth - 2) // 6
         self.stem = nn.Sequential(nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False),

@@ -6,7 +6,9 @@ the PNGs) into the sweep folder.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,24 @@ class ComparisonCallback(Callback):
         try:
             paths = report.build(sweep_dir, sweep_dir, baseline=self.baseline, plot=self.plot,
                                  title=f"comparison: {sweep_dir}")
+            log.info("wrote %s", ", ".join(str(p) for p in paths))
         except FileNotFoundError:
             log.warning("no results.json found under %s", sweep_dir)
-            return
-        log.info("wrote %s", ", ".join(str(p) for p in paths))
+        failed, total = failed_jobs(sweep_dir)
+        if failed:  # the table is written; the exit status says the sweep is not whole
+            sys.exit(f"prunebench: error: {failed} of {total} jobs failed "
+                     f"(see {sweep_dir / 'comparison.md'})")
+
+
+def failed_jobs(sweep_dir: Path) -> tuple[int, int]:
+    """(jobs without a finished results.json, jobs) among the sweep's job folders."""
+    jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()] \
+        if sweep_dir.is_dir() else []
+    failed = 0
+    for job in jobs:
+        try:
+            status = json.loads((job / "results.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        failed += status not in ("ok", "diverged")
+    return failed, len(jobs)

@@ -10,6 +10,7 @@ each run's config).
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from pathlib import Path
@@ -21,15 +22,17 @@ from prunebench.results import stats, table
 def build(path: Path, out: Path, *, group_by: list[str] | None = None,
           where: list[str] | None = None, baseline: str | None = "l1",
           formats: tuple[str, ...] = ("md", "csv", "json"), plot: bool = True,
-          title: str | None = None) -> list[Path]:
+          title: str | None = None, check_baseline: bool = False) -> list[Path]:
     """Collect, group, write the tables (and plots); shared by the CLI and the sweep callback.
 
-    Returns the paths written; raises FileNotFoundError when there is nothing to report.
+    Returns the paths written; raises FileNotFoundError when there is nothing to report and
+    UnknownName for a --group-by key (or a checked --baseline) no run has.
     """
     rows = table.where(table.collect(path), where or [])
     if not rows:
         raise FileNotFoundError(f"no results.json under {path}"
                                 + (f" matching {' '.join(where)}" if where else ""))
+    check_names(rows, group_by, baseline if check_baseline else None)
     rows = table.with_columns(rows, group_by)
     groups = stats.group(rows, tuple(group_by) if group_by else None, baseline)
     paths = table.write(groups, out, tuple(f for f in formats if f != "html"))
@@ -43,6 +46,25 @@ def build(path: Path, out: Path, *, group_by: list[str] | None = None,
         paths += plots.write_all(rows, groups, out)
     table.show(groups, title=title or f"comparison: {path}")
     return paths
+
+
+class UnknownName(LookupError):
+    """A --group-by key or --baseline strategy that no run has."""
+
+
+def check_names(rows: list[dict], group_by: list[str] | None, baseline: str | None) -> None:
+    known = {k for r in rows for k in r if not k.startswith("_")} | {
+        k for r in rows for k in r.get("_config", {})}
+    for key in group_by or []:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else \
+                "a column (strategy, target, seed, ...) or a dotted config key"
+            raise UnknownName(f"--group-by {key}: no run has it ({hint})")
+    strategies = sorted({str(r.get("strategy")) for r in rows})
+    if baseline is not None and baseline not in strategies:
+        raise UnknownName(f"--baseline {baseline}: no run uses it (strategies here: "
+                        f"{', '.join(strategies)}; 'none' skips the test)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                         help="keep runs whose column or dotted config key equals VALUE "
                              "(repeatable)")
-    parser.add_argument("--baseline", default="l1",
+    parser.add_argument("--baseline", default=None,
                         help="strategy for the paired test (default l1; 'none' to skip)")
     parser.add_argument("--format", default="md,csv,json",
                         help="comma-separated subset of md,csv,json,html (default: md,csv,"
@@ -82,13 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         return fail(f"--where {bad[0]} is invalid: use KEY=VALUE", 2)
     group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
-    baseline = None if args.baseline.lower() == "none" else args.baseline
+    given = args.baseline is not None and args.baseline.lower() != "none"
+    baseline = args.baseline if given else (None if args.baseline else "l1")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        return fail(f"--out {args.out} is a file: give a folder for the tables", 2)
     out = args.out or (args.path if args.path.is_dir() else args.path.parent)
     try:
         paths = build(args.path, out, group_by=group_by, where=args.where, baseline=baseline,
-                      formats=formats, plot=args.plot)
+                      formats=formats, plot=args.plot, check_baseline=given)
     except FileNotFoundError as err:
         return fail(str(err), 1)
+    except UnknownName as err:
+        return fail(str(err), 2)
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     return 0

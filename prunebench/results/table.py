@@ -227,18 +227,30 @@ def collect(root: str | Path) -> list[dict]:
     rows = []
     for path in paths:
         try:
+            if not path.is_file():  # a FIFO or device would block or never end
+                raise ValueError("not a regular file")
             if path.stat().st_size > MAX_RESULTS_BYTES:
                 raise ValueError(f"larger than {MAX_RESULTS_BYTES} bytes")
             results = json.loads(path.read_text())
             if not isinstance(results, dict) or "status" not in results:
                 raise ValueError("not a prunebench results.json")
             run = str(path.parent.relative_to(root)) if root.is_dir() else path.parent.name
-            rows.append(row(results, run or "."))
+            rows.append(checked(row(results, run or ".")))
         except Exception as err:  # whatever is in the file, the report goes on without it
             log.warning("skipping %s: %s: %s", path, type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "")
     annotate_settings(rows)
     return rows
+
+
+def checked(r: dict) -> dict:
+    """An ok run must carry finite numbers: a NaN would poison its group's mean."""
+    if r.get("status") == "ok":
+        for metric in ("dense_acc", "pruned_acc", "final_acc", "sparsity"):
+            value = r.get(metric)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"status ok but {metric} is {value}")
+    return r
 
 
 def lookup(r: dict, key: str):

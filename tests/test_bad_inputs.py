@@ -1,0 +1,219 @@
+"""Bad inputs and faults, table-driven, through the real CLI and report tool in subprocesses.
+
+Each case asserts the exit code, exactly one line of output (or a `skipping` line for the
+report), that the line names the key or file, and that the finished run folder the cases are
+pointed at still holds its results, byte for byte. Most cases fail before any training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from datafiles import write_idx
+from filelock import FileLock
+
+# the finished run every value and ownership case is aimed at
+BASE = ["train.epochs=1", "finetune.epochs=1"]
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    names: str  # the key or file the one line must name
+    code: int = 1
+    also: str = ""  # another phrase the line must hold
+    into: str = "finished"  # finished: the shared finished folder; fresh: a new one
+    setup: str = ""  # name of a setup step (data files, lock, ...)
+    script: str = "prunebench"
+    lines: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+VALUES = [  # bad numbers, refused before any work
+    Case("amount-range", ["strategy.amount=1.5"], "strategy.amount"),
+    Case("amount-nan", ["strategy.amount=nan"], "strategy.amount", also="finite"),
+    Case("amount-inf", ["strategy.amount=inf"], "strategy.amount", also="finite"),
+    Case("threshold-nan", ["strategy.amount=null", "strategy.threshold=nan"],
+         "strategy.threshold", also="finite"),
+    Case("threshold-inf", ["strategy.amount=null", "strategy.threshold=-inf"],
+         "strategy.threshold", also="finite"),
+    Case("lr-nan", ["optimizer.lr=nan"], "optimizer.lr", also="finite"),
+    Case("lr-inf", ["optimizer.lr=inf"], "optimizer.lr", also="finite"),
+    Case("momentum-nan", ["optimizer.momentum=nan"], "optimizer.momentum", also="finite"),
+    Case("lr-scale-nan", ["finetune.lr_scale=nan"], "finetune.lr_scale", also="finite"),
+    Case("l2-inf", ["train.regularization.l2=inf"], "train.regularization.l2"),
+    Case("clip-nan", ["train.grad_clip.max_norm=nan"], "train.grad_clip.max_norm"),
+    Case("val-fraction-nan", ["dataset.val_fraction=nan"], "dataset.val_fraction"),
+    Case("damp-inf", ["strategy=hessian", "strategy.damp=inf"], "strategy.damp"),
+    Case("objective-nan", ["objective.min_sparsity=nan"], "objective.min_sparsity"),
+    Case("epochs-negative", ["train.epochs=-1"], "train.epochs"),
+    Case("cache-dir-empty", ["cache.dir=''"], "cache.dir"),
+]
+KEYS = [  # unknown keys, with a "did you mean"
+    Case("train-typo", ["+train.epoch=3"], "train.epoch", also="did you mean train.epochs"),
+    Case("top-level-add", ["+foo=1"], "foo"),
+    Case("top-level-set", ["foo=1"], "foo"),
+    Case("finetune-typo", ["+finetune.epoch=1"], "finetune.epoch", also="finetune.epochs"),
+    Case("cache-typo", ["+cache.dri=x"], "cache.dri", also="cache.dir"),
+    Case("strategy-typo", ["strategy.amout=0.5"], "strategy.amout", also="strategy.amount"),
+    Case("strategy-typo-add", ["+strategy.amout=0.5"], "strategy.amout"),
+    Case("model-typo", ["+model.hiden=[4]"], "model.hiden", also="model.hidden"),
+    Case("optimizer-typo", ["+optimizer.momentun=0.9"], "optimizer.momentun",
+         also="optimizer.momentum"),
+    Case("schedule-typo", ["schedule=iterative", "+schedule.round=2"], "schedule.round",
+         also="schedule.rounds"),
+    Case("dataset-typo", ["+dataset.val_fractoin=0.1"], "dataset.val_fractoin",
+         also="dataset.val_fraction"),
+]
+DEVICES = [
+    Case("cuda", ["device=cuda"], "device=cuda", also="not available"),
+    Case("cuda-index", ["device=cuda:1"], "device=cuda:1", also="not available"),
+    Case("mps", ["device=mps"], "device=mps", also="not available"),
+    Case("unknown-device", ["device=tpu"], "device=tpu", also="invalid"),
+]
+SIZES = [  # model sizes: one line after composing, before any training, folder untouched
+    Case("hidden-zero", ["model.hidden=[0]"], "model.hidden", into="fresh"),
+    Case("hidden-negative", ["model.hidden=[-3,5]"], "model.hidden", into="fresh"),
+    Case("resnet-depth", ["model=resnet", "model.depth=21"], "model.depth", into="fresh"),
+    Case("resnet-widths", ["model=resnet", "model.widths=[16,0,64]"], "model.widths",
+         into="fresh"),
+    Case("vgg-depth", ["model=vgg", "model.depth=12"], "model.depth", into="fresh"),
+]
+HYDRA = [  # Hydra's own multi-line messages, condensed
+    Case("wrong-type", ["strategy.amount=abc"], "strategy.amount=abc"),
+    Case("wrong-int", ["seed=1.5"], "seed"),
+    Case("unknown-experiment", ["+experiment=nope"], "experiment", also="snip_lenet300_mnist"),
+    Case("unknown-group-option", ["strategy=nope"], "strategy", also="hessian"),
+    Case("bare-group", ["strategy"], "strategy", also="l1"),
+    Case("missing-searchpath", ["hydra.searchpath=[file:///nonexistent/conf]"],
+         "hydra.searchpath", also="/nonexistent/conf"),
+]
+OWNERSHIP = [
+    Case("other-config-finished", ["train.epochs=2", "finetune.epochs=1"], "train.epochs",
+         also="resume=false"),
+    Case("busy-folder", BASE, "is in use", also=f"pid {os.getpid()}", setup="lock"),
+]
+DATA = [  # corrupt IDX sources: named, and nothing copied into dataset.root
+    Case("gz-truncated", [], "train-images-idx3-ubyte.gz", into="fresh", setup="truncate"),
+    Case("gz-not-gzip", [], "t10k-labels-idx1-ubyte.gz", into="fresh", setup="notgzip"),
+    Case("idx-bad-magic", [], "train-labels-idx1-ubyte.gz", into="fresh", setup="magic"),
+    Case("idx-count-mismatch", [], "t10k-labels-idx1-ubyte.gz", into="fresh",
+         setup="count"),
+    Case("idx-short-payload", [], "train-images-idx3-ubyte.gz", into="fresh", setup="short"),
+]
+SWEEPS = [
+    Case("sweep-wrong-type", ["-m", "strategy.amount=0.5,abc"], "strategy.amount=abc",
+         into="sweep"),
+    Case("sweep-unknown-key", ["-m", "+train.epoch=1,2"], "train.epoch", into="sweep"),
+]
+REPORT = [
+    Case("report-out-is-file", ["--out", "{file}"], "--out", code=2, script="prunebench-report"),
+    Case("report-group-by", ["--group-by", "nonsense"], "nonsense", code=2,
+         script="prunebench-report"),
+    Case("report-baseline", ["--baseline", "nope"], "--baseline nope", code=2,
+         script="prunebench-report"),
+    Case("report-missing-path", ["{missing}"], "does-not-exist", code=2,
+         script="prunebench-report"),
+]
+CASES = VALUES + KEYS + DEVICES + SIZES + HYDRA + OWNERSHIP + DATA + SWEEPS + REPORT
+
+
+def digest(folder: Path) -> dict:
+    """What a finished run folder holds: its results and checkpoints, by content."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted([folder / "results.json", *(folder / "checkpoints").glob("*.pt")])}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished run, shared by every case that points at it."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = root / "finished"
+    run_cli([f"hydra.run.dir={run}", f"cache.dir={root / 'cache'}", *BASE], cwd=root)
+    assert json.loads((run / "results.json").read_text())["status"] == "ok"
+    return root, run, digest(run)
+
+
+def corrupt(src: Path, how: str) -> None:
+    """Write the four IDX .gz files, then spoil one the way `how` says."""
+    write_idx(src)
+
+    def raw(name: str) -> bytes:
+        return gzip.decompress((src / name).read_bytes())
+
+    if how == "truncate":
+        path = src / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:200])
+    elif how == "notgzip":
+        (src / "t10k-labels-idx1-ubyte.gz").write_bytes(b"<html>not found</html>")
+    elif how == "magic":  # a labels file with the images magic number
+        data = raw("train-labels-idx1-ubyte.gz")
+        (src / "train-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(struct.pack(">I", 0x803) + data[4:]))
+    elif how == "count":  # one label fewer than images
+        data = raw("t10k-labels-idx1-ubyte.gz")
+        n = struct.unpack(">I", data[4:8])[0]
+        (src / "t10k-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(struct.pack(">II", 0x801, n - 1) + data[8:-1]))
+    elif how == "short":  # the header promises more pixels than follow
+        data = raw("train-images-idx3-ubyte.gz")
+        (src / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(data[:-10]))
+
+
+def output_lines(proc) -> list[str]:
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, finished, tmp_path):
+    root, run, before = finished
+    folder = {"finished": run, "fresh": tmp_path / "run", "sweep": tmp_path / "sweep"}[case.into]
+    args = [a.format(file=tmp_path / "a-file", missing=tmp_path / "does-not-exist")
+            for a in case.args]
+    lock = None
+    if case.script == "prunebench-report":
+        (tmp_path / "a-file").write_text("x")
+        argv = args if case.id == "report-missing-path" else [str(run), *args]
+    else:  # flags (-m) first; the case's overrides after BASE, so they win
+        argv = [*[a for a in args if a.startswith("-")], *BASE,
+                *[a for a in args if not a.startswith("-")], f"hydra.run.dir={folder}",
+                f"hydra.sweep.dir={folder}", f"cache.dir={root / 'cache'}"]
+        if case.setup == "lock":  # a run holding the folder: its lock and holder file
+            lock = FileLock(str(run / ".prunebench.lock"))
+            lock.acquire()
+            (run / ".prunebench.holder").write_text(
+                json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        if case in DATA:
+            corrupt(tmp_path / "src", case.setup)
+            argv += ["dataset=mnist", f"dataset.source_dir={tmp_path / 'src'}",
+                     f"dataset.root={tmp_path / 'data'}", "finetune.epochs=0"]
+    try:
+        proc = run_cli(argv, cwd=root, script=case.script, check=False)
+    finally:
+        if lock is not None:
+            (run / ".prunebench.holder").unlink(missing_ok=True)
+            lock.release()
+    lines = output_lines(proc)
+    assert proc.returncode == case.code, (proc.returncode, lines)
+    assert len(lines) == case.lines, lines
+    assert case.names in lines[-1] and case.also in lines[-1], lines
+    assert "Traceback" not in proc.stderr
+    assert digest(run) == before  # the finished run lost nothing
+    if case.into == "fresh":
+        assert not (folder / "checkpoints").exists()  # nothing trained
+        results = folder / "results.json"
+        assert not results.exists() or json.loads(results.read_text())["status"] == "failed"
+    if case in DATA:  # the bad source was named and not copied into dataset.root
+        assert not list((tmp_path / "data").rglob("*ubyte*"))
+    if case.into == "sweep":  # refused before any job ran
+        assert not any(folder.glob("*/results.json"))
