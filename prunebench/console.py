@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -28,3 +30,19 @@ def progress() -> Progress:
         transient=True,
         disable=not console.is_terminal,
     )
+
+
+@contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar for a long loop that is not training (scoring): yields advance(n). Each advance
+    is also a safe point: a stop signal (Ctrl-C) ends the loop there, not minutes later."""
+    from prunebench.runstate.resume import stop_if_requested  # torch: only where used
+
+    with progress() as bar:
+        task = bar.add_task(description, total=total, status="")
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+            stop_if_requested()
+
+        yield advance

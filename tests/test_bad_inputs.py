@@ -184,10 +184,10 @@ def test_bad_input(case: Case, finished, tmp_path):
     if case.script == "prunebench-report":
         (tmp_path / "a-file").write_text("x")
         argv = args if case.id == "report-missing-path" else [str(run), *args]
-    else:  # flags (-m) first; the case's overrides after BASE, so they win
-        argv = [*[a for a in args if a.startswith("-")], *BASE,
-                *[a for a in args if not a.startswith("-")], f"hydra.run.dir={folder}",
-                f"hydra.sweep.dir={folder}", f"cache.dir={root / 'cache'}"]
+    else:  # flags (-m) first; the case's overrides last, so they win
+        argv = [*[a for a in args if a.startswith("-")], *BASE, f"hydra.run.dir={folder}",
+                f"hydra.sweep.dir={folder}", f"cache.dir={root / 'cache'}",
+                *[a for a in args if not a.startswith("-")]]
         if case.setup == "lock":  # a run holding the folder: its lock and holder file
             lock = FileLock(str(run / ".prunebench.lock"))
             lock.acquire()
@@ -217,3 +217,70 @@ def test_bad_input(case: Case, finished, tmp_path):
         assert not list((tmp_path / "data").rglob("*ubyte*"))
     if case.into == "sweep":  # refused before any job ran
         assert not any(folder.glob("*/results.json"))
+
+
+def test_orphaned_temporary_files_are_cleaned_and_the_finished_run_reused(finished):
+    root, run, before = finished
+    orphans = [run / "checkpoints" / ".state.pt.k1ll3d.tmp", run / ".results.json.x9.tmp"]
+    for path in orphans:
+        path.write_bytes(b"half a write")
+    proc = run_cli([*BASE, f"hydra.run.dir={run}", f"cache.dir={root / 'cache'}"], cwd=root)
+    assert "already holds this run" in proc.stderr
+    assert not any(p.exists() for p in orphans)
+    assert digest(run) == before
+
+
+def test_report_skips_nan_accuracy_and_a_fifo_without_hanging(finished, tmp_path):
+    _, run, _ = finished
+    tree = tmp_path / "tree"
+    results = json.loads((run / "results.json").read_text())
+    for name, final_accuracy in (("good", None), ("nan", float("nan"))):
+        (tree / name).mkdir(parents=True)
+        copy = json.loads(json.dumps(results))
+        if final_accuracy is not None:
+            copy["final"]["accuracy"] = final_accuracy
+        (tree / name / "results.json").write_text(json.dumps(copy))
+    (tree / "fifo").mkdir()
+    os.mkfifo(tree / "fifo" / "results.json")
+    proc = run_cli([str(tree), "--out", str(tmp_path / "out"), "--format", "json"], cwd=tmp_path,
+                   script="prunebench-report", env={"COLUMNS": "1000"})  # rich: no wrapping
+    skips = [line for line in output_lines(proc) if "skipping" in line]
+    assert any("nan/results.json" in s and "final_acc is nan" in s for s in skips), skips
+    assert any("fifo/results.json" in s and "not a regular file" in s for s in skips), skips
+    groups = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    groups = groups["rows"] if isinstance(groups, dict) else groups
+    assert [g["n"] for g in groups] == [1]  # the good run alone
+
+
+def test_sweep_with_a_failed_job_exits_non_zero_and_marks_pruning_everything(finished,
+                                                                             tmp_path):
+    root, run, before = finished
+    sweep = tmp_path / "sweep"
+    # job 0 prunes all but a millionth: nothing is left; job 1 is a bad value
+    proc = run_cli(["-m", "train.epochs=1", "finetune.epochs=0", f"hydra.sweep.dir={sweep}",
+                    f"cache.dir={root / 'cache'}", "strategy.amount=0.999999,1.5"],
+                   cwd=root, check=False)
+    lines = output_lines(proc)
+    assert proc.returncode == 1, lines
+    assert lines[-1] == (f"prunebench: error: 1 of 2 jobs failed (see {sweep / 'comparison.md'})")
+    assert (sweep / "comparison.md").exists()
+    empty = json.loads((sweep / "0" / "results.json").read_text())
+    assert empty["status"] == "ok" and empty["final"]["nonzero"] == 0
+    assert "every prunable weight" in empty["warnings"][0]
+    assert len(empty["empty_layers"]) == len(empty["final"]["layers"])
+    assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "failed"
+    assert digest(run) == before
+
+
+def test_a_bad_copy_in_dataset_root_is_replaced_from_good_sources(tmp_path):
+    from prunebench.data import vision
+
+    written = write_idx(tmp_path / "src")
+    raw = tmp_path / "root" / vision.SOURCES["mnist"].folder
+    raw.mkdir(parents=True)
+    for name in vision.IDX_FILES:  # what an older version left: unpacked copies, one spoiled
+        (raw / name).write_bytes(gzip.decompress((tmp_path / "src" / f"{name}.gz").read_bytes()))
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03truncated")
+    data = vision.load("mnist", root=str(tmp_path / "root"), source_dir=str(tmp_path / "src"),
+                       val_fraction=0)
+    assert data.train.x.numpy().tobytes() == written["train_x"].tobytes()

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunebench.config.errors import ConfigError
 from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
 from prunebench.strategies.patterns import parse_pattern
 
 LR_SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = (None, "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A bad value a user typed; the message is one line naming the key."""
 
 
 def _get(cfg: DictConfig, key: str):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 # keys instantiate reads itself, never passed to the target
 INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")

@@ -86,11 +86,13 @@ def without_hydra(config: DictConfig) -> DictConfig:
 
 
 def check_values(config: DictConfig, config_name: str | None) -> None:
-    from prunebench.config import checks, inputs
+    from prunebench.config import inputs
 
     inputs.check(without_hydra(config),
                  list(OmegaConf.select(config, "hydra.overrides.task", default=[])),
                  recomposer(config_name), OmegaConf.select(config, "hydra.runtime.choices"))
+    from prunebench.config import checks  # imports torch (through the strategies)
+
     checks.check(config)
 
 
@@ -135,7 +137,7 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None,
                      **kwargs: Any) -> None:
-        from prunebench.config.checks import ConfigError
+        from prunebench.config.errors import ConfigError
 
         try:
             check_values(config, config_name)
@@ -147,7 +149,7 @@ class Preflight(Callback):
     def claim(self, config: DictConfig, key: str, owner: bool = True) -> None:
         """Lock the run folder, refuse it if it holds another config's run (`owner`; a sweep's
         job leaves that to the runner, so it becomes the job's error)."""
-        from prunebench.config.checks import ConfigError
+        from prunebench.config.errors import ConfigError
         from prunebench.runstate import folder
 
         run_dir = Path(str(OmegaConf.select(config, key)))
@@ -174,7 +176,7 @@ class Preflight(Callback):
         from omegaconf.errors import OmegaConfBaseException
 
         from prunebench.config import messages
-        from prunebench.config.checks import ConfigError
+        from prunebench.config.errors import ConfigError
 
         try:
             check_sweep_values(config)

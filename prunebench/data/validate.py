@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 MAGIC = {"labels": 0x801, "images": 0x803}
 

@@ -15,8 +15,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from prunebench.results import report
-
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +23,8 @@ class ComparisonCallback(Callback):
         self.baseline, self.plot = baseline, plot
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from prunebench.results import report  # torch and scipy load here, not for every run
+
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             paths = report.build(sweep_dir, sweep_dir, baseline=self.baseline, plot=self.plot,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".prunebench.lock"

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from prunebench.config.checks import choice, number
+from prunebench.console import steps
 from prunebench.strategies import obs
 from prunebench.strategies.autodiff import (
     Batch,
@@ -101,13 +102,15 @@ def hutchinson_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: l
     names, params = list(weights), list(weights.values())
     diag = {n: torch.zeros_like(w) for n, w in weights.items()}
     scale = 1.0 / (probes * len(batches))
-    for x, y in batches:
-        grads = torch.autograd.grad(ctx.loss(model(x), y), params, create_graph=True)
-        for _ in range(probes):
-            vs = [rademacher(p.shape, ctx.generator, p.device) for p in params]
-            hvs = torch.autograd.grad(grads, params, vs, retain_graph=True)
-            for n, v, hv in zip(names, vs, hvs, strict=True):
-                diag[n].add_(v * hv, alpha=scale)
+    with steps("hessian (hutchinson)", len(batches) * probes) as advance:
+        for x, y in batches:
+            grads = torch.autograd.grad(ctx.loss(model(x), y), params, create_graph=True)
+            for _ in range(probes):
+                vs = [rademacher(p.shape, ctx.generator, p.device) for p in params]
+                hvs = torch.autograd.grad(grads, params, vs, retain_graph=True)
+                for n, v, hv in zip(names, vs, hvs, strict=True):
+                    diag[n].add_(v * hv, alpha=scale)
+                advance(1)
     return diag
 
 
@@ -123,10 +126,12 @@ def fisher_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: list[
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
     diag = {n: torch.zeros_like(w) for n, w in weights.items()}
     count = sum(len(y) for _, y in batches)
-    for x, y in batches:
-        grads = per_sample({n: fixed[n] for n in weights}, x, y)
-        for n, g in grads.items():
-            diag[n].add_(g.pow(2).sum(0), alpha=1.0 / count)
+    with steps("hessian (fisher)", len(batches)) as advance:
+        for x, y in batches:
+            grads = per_sample({n: fixed[n] for n in weights}, x, y)
+            for n, g in grads.items():
+                diag[n].add_(g.pow(2).sum(0), alpha=1.0 / count)
+            advance(1)
     return diag
 
 
@@ -135,15 +140,18 @@ def exact_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: list[B
     """H_ii read off Hessian rows: batched double backprop with one-hot vectors."""
     params = list(weights.values())
     diag = {n: torch.zeros_like(w) for n, w in weights.items()}
-    for x, y in batches:
-        grads = torch.autograd.grad(ctx.loss(model(x), y), params, create_graph=True)
-        for (n, w), g in zip(weights.items(), grads, strict=True):
-            flat, out = g.flatten(), diag[n].view(-1)
-            for start in range(0, flat.numel(), chunk):
-                idx = torch.arange(start, min(start + chunk, flat.numel()), device=w.device)
-                onehot = torch.zeros(len(idx), flat.numel(), dtype=w.dtype, device=w.device)
-                onehot[torch.arange(len(idx)), idx] = 1.0
-                rows = torch.autograd.grad(flat, w, onehot, retain_graph=True,
-                                           is_grads_batched=True)[0].flatten(1)
-                out[idx] += rows[torch.arange(len(idx)), idx] / len(batches)
+    rows_total = len(batches) * sum(w.numel() for w in weights.values())
+    with steps("hessian (exact rows)", rows_total) as advance:
+        for x, y in batches:
+            grads = torch.autograd.grad(ctx.loss(model(x), y), params, create_graph=True)
+            for (n, w), g in zip(weights.items(), grads, strict=True):
+                flat, out = g.flatten(), diag[n].view(-1)
+                for start in range(0, flat.numel(), chunk):
+                    idx = torch.arange(start, min(start + chunk, flat.numel()), device=w.device)
+                    onehot = torch.zeros(len(idx), flat.numel(), dtype=w.dtype, device=w.device)
+                    onehot[torch.arange(len(idx)), idx] = 1.0
+                    rows = torch.autograd.grad(flat, w, onehot, retain_graph=True,
+                                               is_grads_batched=True)[0].flatten(1)
+                    out[idx] += rows[torch.arange(len(idx)), idx] / len(batches)
+                    advance(len(idx))
     return diag
