@@ -132,8 +132,12 @@ def test_sweep_survives_a_crash_and_a_bad_value_and_the_report_skips_malformed_f
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", f"hydra.sweep.dir={sweep}", f"cache.dir={tmp_path / 'c'}",
                     "train.epochs=1", "finetune.epochs=1", "seed=13,0",
-                    "optimizer.momentum=-1,0.5"], cwd=tmp_path,
+                    "optimizer.momentum=-1,0.5"], cwd=tmp_path, check=False,
                    env={"PYTHONPATH": str(tmp_path / "inject")})
+    # the sweep ran every job and wrote its table, then says it is not whole
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"prunebench: error: 3 of 4 jobs failed (see {sweep / 'comparison.md'})")
     rows = {(r["seeds"], r["status"], r["error"])
             for r in csv.DictReader((sweep / "comparison.csv").open())}
     assert rows == {("13", "failed", "RuntimeError: injected crash"),
