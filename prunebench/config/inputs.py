@@ -15,14 +15,16 @@ import difflib
 import importlib
 import inspect
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prunebench.config.errors import ConfigError
 
-# keys instantiate reads itself, never passed to the target
-INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+# keys instantiate reads itself, and `name`, which prunebench passes only to targets taking it
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "name")
 
 
 def check(cfg: DictConfig, overrides: list[str] | None = None,
@@ -71,10 +73,16 @@ def signature_keys(target: str) -> tuple[set[str], bool] | None:
     names; a chain that ends in **kwargs is open.
     """
     module, _, name = target.rpartition(".")
+    cwd_added = os.getcwd() not in sys.path  # own modules import from the working directory
+    if cwd_added:
+        sys.path.insert(0, os.getcwd())
     try:
         obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    except Exception:  # not importable here (or broken): its own build will say so
         return None
+    finally:
+        if cwd_added:
+            sys.path.remove(os.getcwd())
     chain = [c.__init__ for c in inspect.getmro(obj) if "__init__" in vars(c)] \
         if inspect.isclass(obj) else [obj]
     names: set[str] = set()
