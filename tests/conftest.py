@@ -49,15 +49,19 @@ def checkpoint_accuracy(results: dict, checkpoint: Path) -> float:
     from omegaconf import OmegaConf
 
     from prunebench import build
+    from prunebench.data import batches
 
     cfg = OmegaConf.create(results["config"])
     data = build.dataset(cfg)
     model = build.model(cfg, data)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     model.eval()
-    with torch.no_grad():
-        predicted = model(data.test.x).argmax(1)
-    return (predicted == data.test.y).double().mean().item()
+    correct = total = 0
+    with torch.no_grad():  # the batches as the model sees them (stored uint8, scaled here)
+        for x, y in batches(data, data.test, 256, shuffle=False):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / total
 
 
 @pytest.fixture

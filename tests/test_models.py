@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from prunebench import build
 from prunebench.cli import available
-from prunebench.data import Split
+from prunebench.data import Split, batches
 from prunebench.pruning import macs
 from prunebench.training.loop import FitSettings, evaluate, fit
 
@@ -55,8 +55,9 @@ def test_every_model_trains_on_every_image_dataset(model, dataset, data_root, mo
                   torch.Generator().manual_seed(0), "test")
     assert np.isfinite(history[0]["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
-    with torch.no_grad():
-        correct = (net.eval()(data.test.x).argmax(1) == data.test.y).double().mean().item()
+    with torch.no_grad():  # the test batches as the model sees them (scaled from storage)
+        x, y = next(batches(data, data.test, len(data.test), shuffle=False))
+        correct = (net.eval()(x).argmax(1) == y).double().mean().item()
     assert evaluate(net, data, data.test)["accuracy"] == pytest.approx(correct)
     assert macs.count(net, data.input_shape)["flops"] > 0
 
