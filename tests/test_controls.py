@@ -88,8 +88,9 @@ def test_bn_recalibration_equals_statistics_by_hand():
     z = [model[0](x).detach() for x in xs[:3]]  # what the norm sees, batch by batch
     mean = torch.stack([t.mean((0, 2, 3)) for t in z]).mean(0)
     var = torch.stack([t.var((0, 2, 3), unbiased=True) for t in z]).mean(0)
-    assert torch.allclose(model[1].running_mean, mean, atol=1e-6)
-    assert torch.allclose(model[1].running_var, var, atol=1e-5)
+    # relative tolerance: the same sums, accumulated in another order by another thread count
+    assert torch.allclose(model[1].running_mean, mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(model[1].running_var, var, rtol=1e-5, atol=1e-5)
     assert model[1].momentum == 0.1  # restored
 
 
