@@ -23,6 +23,7 @@ def numbers(run) -> dict:
     results = json.loads((run / "results.json").read_text())
     results.pop("timing")
     results.pop("cost")  # peak memory of the pruning step, sampled: a measurement
+    results.pop("latency", None)  # forward times: a measurement
     results["cache"].pop("dense_train_s")
     return results
 
