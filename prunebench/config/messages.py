@@ -70,6 +70,9 @@ def condense(err: BaseException) -> str:
     match = re.match(r"In '([^']+)': Could not find '([^']+)'", text)
     if match:
         return f"{match.group(2)} not found (in {match.group(1)})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith("raised while composing config:"):
+        return f"{lines[0][:-1]}: {lines[1]}"  # the second line names the key
     return "; ".join(line for line in (first_line(err), first_line(cause)) if line)
 
 
