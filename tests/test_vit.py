@@ -18,7 +18,9 @@ SCHEDULES = {"iterative": ["schedule.rounds=2"],
              "gradual": ["schedule.end=1", "schedule.frequency=4"],
              "dynamic": ["schedule.end=1", "schedule.frequency=4"]}
 # criteria's own budgets cut to one batch or epoch (the pipeline, not the estimate, is tested)
-CHEAP = {"l0": ["strategy.epochs=1"], "hessian": ["strategy.batches=1", "strategy.probes=1"],
+# l0 with one epoch opens every gate by itself: a target keeps its sparsity measurable
+CHEAP = {"l0": ["strategy.epochs=1", "strategy.amount=0.5"],
+         "hessian": ["strategy.batches=1", "strategy.probes=1"],
          "activation": ["strategy.batches=1"], "gradient": ["strategy.batches=1"]}
 # granularity=weight throughout: removing whole units of the attention's qkv layer would break
 # its split into heads (structured pruning of transformers is not supported yet)
