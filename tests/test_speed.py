@@ -10,25 +10,40 @@ import torch
 from conftest import run_cli
 from torch import nn
 
+from prunebench.models.gpt import GPT
 from prunebench.models.lenet5 import LeNet5
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
 from prunebench.models.vgg import VGG
+from prunebench.models.vit import ViT
 from prunebench.pruning import latency, sparse
 from prunebench.pruning.masks import prunable_weights
 
+def images(*shape):
+    return lambda batch: torch.randn(batch, *shape)
+
+
+def tokens(vocabulary, length):
+    return lambda batch: torch.randint(vocabulary, (batch, length))
+
+
+# every built-in family: (model, a batch of its inputs); the GPT's 5 x 60 = 300 token rows are
+# more than one ROW_CHUNK of the Linear layers' CSR product, and the last chunk is partial
 FAMILIES = {
-    "lenet300": (lambda: MLP((1, 28, 28), 10, hidden=(300, 100)), (1, 28, 28)),
-    "lenet5": (lambda: LeNet5((1, 28, 28), 10), (1, 28, 28)),
-    "resnet": (lambda: CifarResNet((3, 16, 16), 10, depth=8, widths=(4, 8, 8)), (3, 16, 16)),
-    "vgg": (lambda: VGG((3, 32, 32), 10, depth=11), (3, 32, 32)),
+    "lenet300": (lambda: MLP((1, 28, 28), 10, hidden=(300, 100)), images(1, 28, 28)),
+    "lenet5": (lambda: LeNet5((1, 28, 28), 10), images(1, 28, 28)),
+    "resnet": (lambda: CifarResNet((3, 16, 16), 10, depth=8, widths=(4, 8, 8)),
+               images(3, 16, 16)),
+    "vgg": (lambda: VGG((3, 32, 32), 10, depth=11), images(3, 32, 32)),
+    "vit": (lambda: ViT((3, 16, 16), 10, dim=32, depth=2), images(3, 16, 16)),
+    "gpt": (lambda: GPT((60,), 50, n_embd=32, n_layer=2), tokens(50, 60)),
 }
 MEASURED = ["inference.measure=true", "model.hidden=[64,32]", "strategy.amount=0.9",
             "train.epochs=1", "finetune.epochs=0"]
 
 
 def pruned(family: str, keep: float = 0.1, seed: int = 0) -> tuple[nn.Module, tuple]:
-    build, shape = FAMILIES[family]
+    build, inputs = FAMILIES[family]
     torch.manual_seed(seed)
     model = build().eval()
     with torch.no_grad():
@@ -38,18 +53,18 @@ def pruned(family: str, keep: float = 0.1, seed: int = 0) -> tuple[nn.Module, tu
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    return model, shape
+    return model, inputs
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_csr_form_computes_the_masked_model(family):
-    model, shape = pruned(family)
+    model, inputs = pruned(family)
     form, layers = sparse.sparse_form(model)
     kinds = {type(layer.dense) for layer in layers.values()}
-    assert nn.Linear in kinds and (family == "lenet300" or nn.Conv2d in kinds)
+    assert nn.Linear in kinds and (family in ("lenet300", "gpt") or nn.Conv2d in kinds)
     for layer in layers.values():
         layer.use_csr = True
-    x = torch.randn(5, *shape)
+    x = inputs(5)
     with torch.no_grad():
         expected, got = model(x), form(x)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
@@ -62,8 +77,8 @@ def test_csr_form_computes_the_masked_model(family):
 
 def test_unpruned_layers_keep_dense_kernels():
     """At 0% sparsity no layer is even tried on CSR, so the sparse form is the dense model."""
-    model, shape = pruned("lenet300", keep=1.0)
-    result = latency.measure(model, model, torch.randn(4, *shape), "auto", None,
+    model, inputs = pruned("lenet300", keep=1.0)
+    result = latency.measure(model, model, inputs(4), "auto", None,
                              torch.device("cpu"), batch_sizes=(1, 4))
     rows = [r for b in result["kernels"].values() for t in b.values() for r in t]
     assert rows and all(r["kernel"] == "dense" and r["csr_us"] is None for r in rows)
@@ -71,8 +86,8 @@ def test_unpruned_layers_keep_dense_kernels():
 
 
 def test_forced_csr_and_dense_kernels():
-    model, shape = pruned("lenet300")
-    x = torch.randn(4, *shape)
+    model, inputs = pruned("lenet300")
+    x = inputs(4)
     forced = latency.measure(model, model, x, "csr", None, torch.device("cpu"), (2,))
     assert {r["kernel"] for t in forced["kernels"]["batch_2"].values() for r in t} == {"csr"}
     plain = latency.measure(model, model, x, "dense", None, torch.device("cpu"), (2,))

@@ -32,6 +32,7 @@ MAX_DENSITY = 0.5      # denser layers keep the dense kernel without being timed
 LAYER_REPEATS = 2      # interleaved dense / csr timings per layer; the best of each kept
 LAYER_MIN_RUN_S = 0.01
 CLEAR_LOSS = 3.0       # CSR this many times slower than dense in one call: not timed again
+ROW_CHUNK = 256        # rows per CSR product of a Linear layer (see SparseLayer.linear_forward)
 
 
 class SparseLayer(nn.Module):
@@ -63,10 +64,23 @@ class SparseLayer(nn.Module):
             return torch.sparse.mm(self.csr, columns)
         return torch.addmm(self.bias_column, self.csr, columns)
 
+    def linear_forward(self, x: Tensor) -> Tensor:
+        """x @ W^T + b, computed as (W x^T)^T, ROW_CHUNK rows of x at a time.
+
+        The CSR product returns (out, rows); handing its transpose on as a view leaves every
+        later op reading a column-major tensor (a GELU or LayerNorm on it took several times
+        as long), and one transposing copy of the whole output runs out of cache. A chunk's
+        transpose stays in cache, so the output is written contiguous at little cost.
+        """
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape[0], self.out_features)
+        for start in range(0, flat.shape[0], ROW_CHUNK):
+            out[start:start + ROW_CHUNK] = self.product(flat[start:start + ROW_CHUNK].t()).t()
+        return out.reshape(*x.shape[:-1], self.out_features)
+
     def sparse_forward(self, x: Tensor) -> Tensor:
         if isinstance(self.dense, nn.Linear):
-            flat = x.reshape(-1, x.shape[-1])
-            return self.product(flat.t()).t().reshape(*x.shape[:-1], self.out_features)
+            return self.linear_forward(x)
         conv, batch = self.dense, x.shape[0]
         if self.pointwise:  # a 1x1 convolution is a matrix product over all positions
             height, width = x.shape[2:]
