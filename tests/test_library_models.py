@@ -66,6 +66,10 @@ def test_pretrained_weights_offline_say_how_to_use_a_local_file(tmp_path, monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing downloaded before
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE when first imported, which an earlier test may have
+    # done; without this it retries the refused proxy for ~45 s before the same error
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # refused at once: no network
     with pytest.raises(ConfigError) as err:

@@ -13,7 +13,8 @@ from prunebench.models.vit import ViT
 from prunebench.pruning.masks import prunable_weights
 
 TINY = ["model=vit", "model.dim=16", "model.depth=1", "model.heads=2", "train.epochs=1",
-        "finetune.epochs=1", "cache.enabled=false", "train.batch_size=128"]
+        "finetune.epochs=1", "cache.enabled=false", "train.batch_size=128",
+        "inference.measure=false"]  # latency is tests/test_speed.py's
 SCHEDULES = {"iterative": ["schedule.rounds=2"],
              "gradual": ["schedule.end=1", "schedule.frequency=4"],
              "dynamic": ["schedule.end=1", "schedule.frequency=4"]}
