@@ -110,6 +110,7 @@ def check_owner(folder: str | Path, config: dict, resume) -> None:
 
 
 def first_difference(a, b, key: str = "") -> str:
+    """The first key (dotted) where the folder's config `a` and the command's `b` differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             if a.get(k) != b.get(k):

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench.config.checks import ConfigError
 from prunebench.runstate import files
+from prunebench.runstate.folder import first_difference
 from prunebench.training import optimizers
 
 if TYPE_CHECKING:
@@ -91,14 +92,6 @@ def comparable(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)
     return config
-
-
-def first_difference(a, b, key: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            if a.get(k) != b.get(k):
-                return first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
-    return f"{key}: {a!r} here, {b!r} in the command"
 
 
 class RunState:
