@@ -82,13 +82,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.RunState) -> dict:
     start = time.perf_counter()
-    device = build.device(cfg.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = build.dataset(cfg).to(device)
-    torch.manual_seed(cfg.seed)
-    model = build.model(cfg, data).to(device)
-    strategy, schedule = build.strategy(cfg), build.schedule(cfg)
+    device, data, model, strategy = setup(cfg)
+    schedule = build.schedule(cfg)
     schedule.check(cfg, data)  # a bad combination stops here, with its one line only
     log.info("%s: %s parameters, %s MACs per %s", cfg.model.name,
              f"{sum(p.numel() for p in model.parameters()):,}",
@@ -137,6 +132,18 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
         "calibration": session.calibration,
         **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }
+
+
+def setup(cfg: DictConfig) -> tuple:
+    """(device, data, model, strategy) of a run: the data on the device, the model built
+    after seeding with cfg.seed (the pipeline and prunebench-sensitivity start alike)."""
+    device = build.device(cfg.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build.dataset(cfg).to(device)
+    torch.manual_seed(cfg.seed)
+    model = build.model(cfg, data).to(device)
+    return device, data, model, build.strategy(cfg)
 
 
 def dense_model(cfg: DictConfig, model, data, device, progress: Progress,

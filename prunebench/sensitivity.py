@@ -78,7 +78,7 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     import torch
     import torch.nn.functional as F
 
-    from prunebench import build, runner
+    from prunebench import runner
     from prunebench.config import checks
     from prunebench.data import batches
     from prunebench.pruning.masks import prunable_weights
@@ -89,13 +89,7 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
 
     checks.check(cfg)
     start = time.perf_counter()
-    device = build.device(cfg.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = build.dataset(cfg).to(device)
-    torch.manual_seed(cfg.seed)
-    model = build.model(cfg, data).to(device)
-    strategy = build.strategy(cfg)
+    device, data, model, strategy = runner.setup(cfg)
     state, progress = resume.RunState(cfg, out), Progress()
     runner.dense_model(cfg, model, data, device, progress, state)
     dense, hit = progress.dense, progress.cache_hit
