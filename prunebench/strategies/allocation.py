@@ -133,6 +133,8 @@ def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: flo
                    ) -> dict[str, float]:
     """Per layer: fraction of |W_ij| * ||X_j|| above m x its mean (X_j: input feature j of
     the layer over every sample and position of `batches`)."""
+    from prunebench.strategies.autodiff import forward_hooks
+
     modules = {n: model.get_submodule(n.rpartition(".")[0]) for n in weights}
     squares: dict[str, Tensor] = {}
 
@@ -145,14 +147,9 @@ def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: flo
             squares[name] = squares.get(name, 0) + x.pow(2).sum(0)
         return add
 
-    handles = [mod.register_forward_hook(hook(n)) for n, mod in modules.items()]
-    try:
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((mod, hook(n)) for n, mod in modules.items()), torch.no_grad():
+        for x, _ in batches:
+            model(x)
     ratios = {}
     for n, w in weights.items():
         shape = (1, -1) + (1,) * (w.dim() - 2)  # input features are dim 1 of the weight

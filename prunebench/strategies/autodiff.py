@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Each (module, hook) registered as a forward hook for the block, removed after."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def batch_gradients(model: nn.Module, weights: dict[str, Tensor], batches: list[Batch],
                     ctx: PruneContext) -> Iterator[dict[str, Tensor]]:
     """d loss / d weight on each batch in turn (mean loss over the batch)."""
@@ -62,14 +73,9 @@ def activations_per_sample(model: nn.Module, x: Tensor) -> int:
         if torch.is_tensor(output):
             count += output[:1].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, hook) for m in model.modules() if not list(m.children())), \
+            torch.no_grad():
+        model(x[:1])
     return count
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from prunebench.strategies.autodiff import forward_hooks
 from prunebench.strategies.obs import layer_inputs
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,9 @@ def forward_order(model: nn.Module, names: Iterable[str], x: Tensor) -> list[str
     """The weight names in the order their layers first run on `x` (unused layers last)."""
     names = list(names)
     seen: list[str] = []
-    handles = [module_of(model, n).register_forward_hook(
-        lambda *_, n=n: seen.append(n) if n not in seen else None) for n in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((module_of(model, n), lambda *_, n=n: seen.append(n)
+                        if n not in seen else None) for n in names), torch.no_grad():
+        model(x)
     return seen + [n for n in names if n not in seen]
 
 
@@ -104,16 +100,12 @@ def collect(model: nn.Module, names: list[str], batches, accumulate: Accumulate,
                 raise _GroupDone
         return capture
 
-    handles = [module_of(model, n).register_forward_hook(hook(n)) for n in names]
-    try:
+    with forward_hooks((module_of(model, n), hook(n)) for n in names):
         for x, _ in batches:
             try:
                 model(x)
             except _GroupDone:
                 pass
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def sequential(model: nn.Module, weights: dict[str, Tensor], batches,

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunebench.strategies.autodiff import forward_hooks
+
 log = logging.getLogger(__name__)
 BYTES = 4  # float32
 
@@ -113,13 +115,9 @@ def layer_curvatures(model: nn.Module, weights: dict[str, Tensor], batches, damp
             counts[name] += len(x)
         return accumulate
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in weights]
-    try:
+    with forward_hooks((modules[n], hook(n)) for n in weights):
         for x, _ in batches:
             model(x)
-    finally:
-        for h in handles:
-            h.remove()
     out = {}
     for n, (width, b, blocks, chunk) in plan.items():
         h = 2 * sums[n] / max(counts[n], 1)
