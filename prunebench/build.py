@@ -52,12 +52,21 @@ def strategy(cfg: DictConfig):
 
 def strategy_class(cfg: DictConfig) -> type:
     """The class `strategy._target_` names, imported but not built."""
-    target = OmegaConf.select(cfg, "strategy._target_", default=None)
+    return target_of(cfg, "strategy")
+
+
+def model_class(cfg: DictConfig):
+    """The class (or factory function) `model._target_` names, imported but not built."""
+    return target_of(cfg, "model")
+
+
+def target_of(cfg: DictConfig, group: str):
+    target = OmegaConf.select(cfg, f"{group}._target_", default=None)
     module, _, name = str(target).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"strategy._target_={target} cannot be imported: {err}") from None
+        raise ConfigError(f"{group}._target_={target} cannot be imported: {err}") from None
 
 
 def schedule(cfg: DictConfig):

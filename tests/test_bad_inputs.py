@@ -89,6 +89,13 @@ SIZES = [  # model sizes: one line after composing, before any training, folder 
          into="fresh"),
     Case("vgg-depth", ["model=vgg", "model.depth=12"], "model.depth", into="fresh"),
 ]
+UNSUPPORTED = [  # a criterion or granularity the model cannot take: one line, nothing trained
+    Case("neuron-gpt", ["model=gpt", "dataset=text", "dataset.max_tokens=2000",
+                        "strategy.granularity=neuron"], "strategy.granularity=neuron",
+         also="model gpt", into="fresh"),
+    Case("neuron-vit", ["model=vit", "strategy.granularity=neuron"],
+         "strategy.granularity=neuron", also="model vit", into="fresh"),
+]
 HYDRA = [  # Hydra's own multi-line messages, condensed
     Case("wrong-type", ["strategy.amount=abc"], "strategy.amount=abc"),
     Case("wrong-int", ["seed=1.5"], "seed"),
@@ -125,7 +132,7 @@ REPORT = [
     Case("report-missing-path", ["{missing}"], "does-not-exist", code=2,
          script="prunebench-report"),
 ]
-CASES = VALUES + KEYS + DEVICES + SIZES + HYDRA + OWNERSHIP + DATA + SWEEPS + REPORT
+CASES = VALUES + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS + REPORT
 
 
 def digest(folder: Path) -> dict:

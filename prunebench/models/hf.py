@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.models.gpt import ATTENTION_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def first_line(err: BaseException) -> str:
 
 
 class HFCausalLM(nn.Module):
+    neuron_unsupported = ATTENTION_UNITS
+
     def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
                  tokenizer: str | None = None, revision: str | None = None):
         super().__init__()
