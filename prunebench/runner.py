@@ -18,6 +18,7 @@ from prunebench import build
 from prunebench.config import checks, inputs
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, latency, macs, recovery
+from prunebench.pruning.masks import prunable_weights
 from prunebench.pruning.session import Session
 from prunebench.results import emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume
@@ -143,7 +144,10 @@ def setup(cfg: DictConfig) -> tuple:
     data = build.dataset(cfg).to(device)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
-    return device, data, model, build.strategy(cfg)
+    strategy = build.strategy(cfg)
+    # a layer the criterion cannot prune stops the run here, before any training
+    strategy.check_model(model, prunable_weights(model, strategy.exclude))
+    return device, data, model, strategy
 
 
 def dense_model(cfg: DictConfig, model, data, device, progress: Progress,

@@ -95,6 +95,16 @@ UNSUPPORTED = [  # a criterion or granularity the model cannot take: one line, n
          also="model gpt", into="fresh"),
     Case("neuron-vit", ["model=vit", "strategy.granularity=neuron"],
          "strategy.granularity=neuron", also="model vit", into="fresh"),
+    # depthwise convolutions: refused once the model is built (its INFO line kept out)
+    *[Case(f"{s}-grouped-conv", ["model=torchvision", "model.arch=mobilenet_v3_small",
+                                  "dataset=synthetic", "dataset.channels=3", f"strategy={s}",
+                                  "hydra.job_logging.root.level=WARNING"],
+           f"strategy={s} cannot prune layer features.1.block.0.0", also="groups=16",
+           into="fresh") for s in ("wanda", "sparsegpt")],
+    Case("obs-grouped-conv", ["model=torchvision", "model.arch=mobilenet_v3_small",
+                              "dataset=synthetic", "dataset.channels=3", "strategy=hessian",
+                              "strategy.variant=obs", "hydra.job_logging.root.level=WARNING"],
+         "strategy.variant=obs cannot prune layer features.1.block.0.0", into="fresh"),
 ]
 HYDRA = [  # Hydra's own multi-line messages, condensed
     Case("wrong-type", ["strategy.amount=abc"], "strategy.amount=abc"),

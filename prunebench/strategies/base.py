@@ -93,6 +93,10 @@ class Strategy:
         self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
         self.collapsed: list[str] = []  # layers left with no units by the last selection
 
+    def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:
+        """Raise ConfigError (one line naming the layer) on a model whose prunable `weights`
+        this criterion cannot prune; called once the model is built, before any training."""
+
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -56,6 +56,10 @@ class Hessian(Strategy):
         self.damp, self.block_size, self.max_memory_gb = damp, block_size, max_memory_gb
         self._curvature: dict[str, obs.LayerCurvature] = {}
 
+    def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:
+        if self.variant == "obs":
+            obs.check_layers(model, weights, "strategy.variant=obs")
+
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         batches = take_batches(ctx, self.batches)
         with eval_mode(ctx.model):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunebench.config.errors import ConfigError
 from prunebench.strategies.autodiff import forward_hooks
 
 log = logging.getLogger(__name__)
@@ -57,22 +58,49 @@ class LayerCurvature:
         return out.view(weight.shape[0], -1)[:, :self.width].reshape(weight.shape)
 
 
+SUPPORTED = "Linear and Conv1d/Conv2d layers with groups=1 and numeric padding"
+
+
+def unsupported(module: nn.Module) -> str | None:
+    """Why `layer_inputs` cannot lay out this layer's inputs, or None when it can."""
+    if isinstance(module, nn.Linear):
+        return None
+    kind = type(module).__name__
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return f"a {kind}"
+    if module.groups != 1:
+        return f"a grouped {kind} (groups={module.groups})"
+    if isinstance(module.padding, str):
+        return f"a {kind} with padding='{module.padding}'"
+    return None
+
+
+def check_layers(model: nn.Module, weights: dict[str, Tensor], what: str) -> None:
+    """ConfigError naming the first prunable layer whose inputs `layer_inputs` cannot read
+    (`what` names the criterion, e.g. `strategy=wanda`): before any training."""
+    for name in weights:
+        why = unsupported(model.get_submodule(name.rpartition(".")[0]))
+        if why:
+            layer = name.removesuffix(".weight")
+            raise ConfigError(f"{what} cannot prune layer {layer}, {why}: it reads the inputs "
+                              f"of {SUPPORTED} (strategy.exclude names layers left dense)")
+
+
 def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
     """The layer's input as rows [samples, width] matching weight.flatten(1)'s columns."""
+    why = unsupported(module)
+    if why:
+        raise ValueError(f"obs supports {SUPPORTED}, not {why}: {module}")
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1:
-        if isinstance(module, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
-            x = x.unsqueeze(2)
-            size = lambda v: (1, v[0])  # noqa: E731
-        else:
-            size = tuple
-        if isinstance(module.padding, str):
-            raise ValueError(f"obs: {module} uses padding='{module.padding}'; use numbers")
-        cols = F.unfold(x, size(module.kernel_size), size(module.dilation),
-                        size(module.padding), size(module.stride))
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    raise ValueError(f"obs supports Linear and Conv1d/Conv2d with groups=1, not {module}")
+    if isinstance(module, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
+        x = x.unsqueeze(2)
+        size = lambda v: (1, v[0])  # noqa: E731
+    else:
+        size = tuple
+    cols = F.unfold(x, size(module.kernel_size), size(module.dilation),
+                    size(module.padding), size(module.stride))
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def choose_block(rows: int, width: int, block_size: int, budget_gb: float) -> tuple[int, int]:

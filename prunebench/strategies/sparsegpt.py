@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.config.checks import ConfigError, number
-from prunebench.strategies import calibration
+from prunebench.strategies import calibration, obs
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 from prunebench.strategies.patterns import fits_pattern, nm_keep, pattern_removes
@@ -52,6 +52,9 @@ class SparseGPT(Strategy):
             raise ValueError("sparsegpt needs strategy.amount (not a threshold)")
         self.batches, self.block_size = batches, block_size
         self.damp, self.max_memory_gb = damp, max_memory_gb
+
+    def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:
+        obs.check_layers(model, weights, "strategy=sparsegpt")
 
     @torch.no_grad()
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prunebench.strategies import calibration
+from prunebench.strategies import calibration, obs
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 
@@ -32,6 +32,9 @@ class Wanda(Strategy):
             raise ValueError(f"strategy.allocation={self.allocation} spreads the sparsity over "
                              f"all layers at once: it needs strategy.sequential=false")
         self.batches, self.sequential = batches, sequential
+
+    def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:
+        obs.check_layers(model, weights, "strategy=wanda")
 
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         """Scores from one pass over the model as it is (sequential=false)."""
