@@ -180,6 +180,7 @@ def time_both(layer: SparseLayer, x: Tensor, threads: int | None) -> tuple[float
     timed again (the usual case for convolutions, whose unfold alone costs more than the
     dense kernel), so hopeless layers cost two calls, not two benchmarks.
     """
+    layer.dense(x), layer.sparse_forward(x)  # warm: a kernel's first call pays its set-up
     dense, csr = [once(lambda: layer.dense(x), threads)], [
         once(lambda: layer.sparse_forward(x), threads)]
     if csr[0] < CLEAR_LOSS * dense[0]:
