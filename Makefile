@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch and torchvision versions that install from this machine's disk; any torch>=2.2 works
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# pytest workers (pytest-xdist): each test file runs whole on one worker, every process on one
+# torch thread (tests/conftest.py); `make test TEST_WORKERS=0` runs the suite in one process
+TEST_WORKERS ?= 2
 
 .PHONY: install run test bench lint clean
 
@@ -20,7 +23,7 @@ run: install  # the default comparison: l1, l0, gradient, hessian, random on dig
 	$(BIN)/prunebench -m +experiment=compare
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python scripts/bench_overhead.py

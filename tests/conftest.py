@@ -10,6 +10,14 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread in the test process and in every CLI run it starts (they inherit the
+# environment): the models are tiny, and `make test` runs two pytest workers on two cores,
+# where two OpenMP threads per process would wait for each other's core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# a wide console for the CLI's log lines, so a long temporary path (pytest-xdist's are longer)
+# is not wrapped in the middle of the file name a test looks for
+os.environ.setdefault("COLUMNS", "240")
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # tiny budgets keep every CLI run to a few seconds on 2 CPU cores
