@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from prunebench.console import steps
 from prunebench.data import Dataset, batches
 from prunebench.pruning import sparse
 
@@ -78,25 +79,21 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
     threads = sorted({1, torch.get_num_threads()}) if device.type == "cpu" else [1]
     forms = {name: {} for name in models}
     kernels, speedups = {}, {}
-    for size in batch_sizes:
-        xb = example_batch(x, size)
-        inputs = sparse.layer_inputs(form, layers, xb)
-        b = f"batch_{size}"
-        for name in models:
-            forms[name][b] = {}
-        kernels[b], speedups[b] = {}, {}
-        for count in threads:
-            t = f"threads_{count}"
-            kernels[b][t] = sparse.choose(layers, inputs, kernel, count)
-            best = {name: float("inf") for name in models}
-            for _ in range(FORM_REPEATS):  # interleaved: load bursts hit every form
-                for name, m in models.items():
-                    best[name] = min(best[name], sparse.time_ms(lambda m=m, xb=xb: m(xb), count,
-                                                                FORM_MIN_RUN_S))
-            for name, ms in best.items():
-                forms[name][b][t] = ms
-            fastest = min((n for n in models if n != "dense"), key=best.get)
-            speedups[b][t] = {"ratio": best["dense"] / best[fastest], "form": fastest}
+    with steps("latency", len(batch_sizes) * len(threads)) as advance:
+        for size in batch_sizes:
+            xb = example_batch(x, size)
+            inputs = sparse.layer_inputs(form, layers, xb)
+            b = f"batch_{size}"
+            kernels[b], speedups[b] = {}, {}
+            for count in threads:
+                t = f"threads_{count}"
+                kernels[b][t] = sparse.choose(layers, inputs, kernel, count)
+                best = time_forms(models, xb, count)
+                for name, ms in best.items():
+                    forms[name].setdefault(b, {})[t] = ms
+                fastest = min((n for n in models if n != "dense"), key=best.get)
+                speedups[b][t] = {"ratio": best["dense"] / best[fastest], "form": fastest}
+                advance(1)
     diffs = sparse.max_diff(masked, form, layers, example_batch(x, max(batch_sizes)))
     at = (f"batch_{max(batch_sizes)}", "threads_1")
     headline = speedups[at[0]][at[1]]
@@ -105,3 +102,14 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
             "speedup": headline["ratio"], "speedup_form": headline["form"],
             "speedup_at": "/".join(at), **diffs,
             "measure_s": time.perf_counter() - start}
+
+
+def time_forms(models: dict[str, nn.Module], xb: Tensor, threads: int) -> dict[str, float]:
+    """Each form's best median forward time in ms, the forms timed in turn FORM_REPEATS
+    times (interleaved: a burst of load hits every form alike)."""
+    best = {name: float("inf") for name in models}
+    for _ in range(FORM_REPEATS):
+        for name, m in models.items():
+            best[name] = min(best[name], sparse.time_ms(lambda m=m: m(xb), threads,
+                                                        FORM_MIN_RUN_S))
+    return best

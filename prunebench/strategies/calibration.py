@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from prunebench.console import steps
 from prunebench.strategies.autodiff import forward_hooks
 from prunebench.strategies.obs import layer_inputs
 
@@ -122,6 +123,8 @@ def sequential(model: nn.Module, weights: dict[str, Tensor], batches,
         groups = split_to_fit(groups, cost, budget)
     log.info("%s: %d layers in %d sequential groups, %d calibration batches", label,
              len(order), len(groups), len(batches))
-    for group in groups:
-        collect(model, group, batches, start(group))
-        prune_group(group)
+    with steps(label, len(groups)) as advance:  # a bar, and a safe point after each group
+        for group in groups:
+            collect(model, group, batches, start(group))
+            prune_group(group)
+            advance(1)
