@@ -92,6 +92,32 @@ def test_gpt_prunes_only_block_linears_and_reports_perplexity_per_phase(cli, cor
     assert results["calibration"] == {"split": "train", "seed": 1, "batch_size": 16}
 
 
+def test_gpt_neuron_pruning_removes_mlp_units_and_keeps_the_head_split(cli, corpus):
+    """granularity=neuron on the GPT: the MLP's hidden units go (half of every mlp.0), the
+    qkv layers stay whole (their outputs are unbound into q, k, v), and the compact model,
+    rebuilt from compact.pt by prunebench's reader, computes what final.pt's masked model does."""
+    from prunebench.pruning import compact
+
+    results, out = cli(["model=gpt", "dataset=text", f"dataset.path={corpus}",
+                        "dataset.seq_len=32", "model.n_embd=32", "model.n_layer=2",
+                        "model.n_head=2", "train.batch_size=16", "strategy=l2",
+                        "strategy.amount=0.5"])
+    assert results["status"] == "ok"
+    report = results["compact"]
+    assert report["widths"] == {f"blocks.{i}.mlp.0.weight": [64, 128] for i in range(2)}
+    assert all("unbound" in report["fixed"][f"blocks.{i}.attn.qkv.weight"] for i in range(2))
+    masked = GPT((32,), 256, n_embd=32, n_layer=2, n_head=2).eval()
+    masked.load_state_dict(torch.load(out / "checkpoints" / "final.pt"))
+    small = compact.load(out / "checkpoints" / "compact.pt")
+    assert small.blocks[0].mlp[0].out_features == 64 and small.blocks[1].mlp[2].in_features == 64
+    x = torch.randint(256, (3, 32))
+    with torch.no_grad():
+        expected = masked(x)
+        assert torch.allclose(small(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+    # pruned weights: mlp.0's removed rows and mlp.2's matching columns, nothing else
+    assert results["final"]["nonzero"] == results["final"]["params"] - 2 * (64 * 32 + 32 * 64)
+
+
 def test_missing_text_file_is_one_line(tmp_path):
     proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "model=gpt", "dataset=text",
                     f"dataset.path={tmp_path / 'nope.txt'}"], cwd=tmp_path, check=False)

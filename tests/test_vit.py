@@ -23,12 +23,14 @@ SCHEDULES = {"iterative": ["schedule.rounds=2"],
 CHEAP = {"l0": ["strategy.epochs=1", "strategy.amount=0.5"],
          "hessian": ["strategy.batches=1", "strategy.probes=1"],
          "activation": ["strategy.batches=1"], "gradient": ["strategy.batches=1"]}
-# granularity=weight throughout: removing whole units of the attention's qkv layer would break
-# its split into heads (structured pruning of transformers is not supported yet)
+# granularity=weight for every criterion, and neuron once (only the MLP's hidden units are
+# removable: qkv's outputs are unbound into q, k, v; tests/test_language_models.py checks the
+# compact model of the GPT, whose blocks are the same)
 CASES = ([[f"strategy={s}", "strategy.granularity=weight", *CHEAP.get(s, [])]
           for s in available("strategy")]
          + [[f"schedule={s}", *SCHEDULES.get(s, [])] for s in available("schedule")]
-         + [["strategy=wanda", "strategy.pattern=2:4"]])
+         + [["strategy=wanda", "strategy.pattern=2:4"],
+            ["strategy=l2", "strategy.granularity=neuron", "strategy.amount=0.5"]])
 
 
 @pytest.mark.parametrize("overrides", CASES, ids=lambda o: " ".join(o))

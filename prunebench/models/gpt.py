@@ -17,9 +17,6 @@ from torch import nn
 
 from prunebench.config.checks import ConfigError
 
-# why granularity=neuron cannot run on a transformer (a class attribute config.checks reads)
-ATTENTION_UNITS = "removing output units of the attention's qkv layer breaks its split into heads"
-
 
 class SelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, causal: bool = True):
@@ -63,8 +60,6 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    neuron_unsupported = ATTENTION_UNITS
-
     def __init__(self, input_shape: Sequence[int], num_classes: int, n_embd: int = 128,
                  n_layer: int = 4, n_head: int = 4, block_size: int | None = None,
                  dropout: float = 0.0, name: str = "gpt"):

@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 from prunebench.config.checks import ConfigError
-from prunebench.models.gpt import ATTENTION_UNITS
+
+# why granularity=neuron cannot run here (a class attribute config.checks reads): the qkv
+# layers split their outputs with `split` and reshape them into heads, which a removed unit
+# breaks; prunebench's own GPT and ViT unbind q, k, v, which units.py recognises and keeps
+ATTENTION_UNITS = "removing output units of the attention's qkv layer breaks its split into heads"
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 from prunebench.config.checks import ConfigError
-from prunebench.models.gpt import ATTENTION_UNITS, Block
+from prunebench.models.gpt import Block
 
 
 class ViT(nn.Module):
     dense_by_default = ("patch_embed", "head")
-    neuron_unsupported = ATTENTION_UNITS
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, patch_size: int = 4,
                  dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0,

@@ -55,11 +55,12 @@ def compact(model: nn.Module, example: Tensor) -> tuple[nn.Module, dict]:
 
 
 def save(path: Path, small: nn.Module, recipe: dict, model_cfg: dict,
-         input_shape: tuple[int, ...], num_classes: int) -> None:
+         input_shape: tuple[int, ...], num_classes: int, tokens: bool = False) -> None:
+    """`tokens`: the model takes integer token ids (a language model), not float inputs."""
     state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
     files.save_torch(path, {"state_dict": state, "pruning_history": recipe["pruning_history"],
                          "model": model_cfg, "input_shape": list(input_shape),
-                         "num_classes": num_classes})
+                         "num_classes": num_classes, "tokens": tokens})
 
 
 def load(path: str | Path) -> nn.Module:
@@ -72,7 +73,8 @@ def load(path: str | Path) -> nn.Module:
     model.eval()
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=torch.zeros(2, *shape), verbose=False)
+            model, example_inputs=torch.zeros(2, *shape, dtype=torch.long if saved.get(
+                "tokens") else torch.float), verbose=False)
     graph.load_pruning_history(saved["pruning_history"])
     model.load_state_dict(saved["state_dict"])
     return model
@@ -112,7 +114,7 @@ def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> dict
     small, recipe = compact(model, example_input(model, x))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     save(out_dir / "checkpoints" / "compact.pt", small, recipe, model_cfg, data.input_shape,
-         data.num_classes)
+         data.num_classes, tokens=not x.is_floating_point())
     result = measure(model, small, x) | {k: recipe[k] for k in ("widths", "fixed", "collapsed")}
     result["path"] = "checkpoints/compact.pt"
     if result["max_rel_diff"] > 1e-5:  # float32 sums in another order differ by less

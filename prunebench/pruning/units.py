@@ -9,7 +9,9 @@ added to it (residual connections). A unit is removable here only when that list
 - no other prunable layer's outputs are tied to it (a residual sum), since removing a
   channel there means removing it from a whole stage: those layers keep all their units,
   as Li et al. (2017) keep the outputs of residual blocks;
-- it is not an output of the classifier (the last prunable layer).
+- it is not an output of the classifier (the last prunable layer);
+- its outputs are not unbound into parts (an attention's q, k, v out of one qkv layer, whose
+  split into heads one removed unit would break).
 
 Masking every slice in the list makes the unit's output exactly zero, so the masked model
 computes what the physically smaller one does (compact.py removes the same slices).
@@ -138,6 +140,8 @@ def _why_fixed(units: Units, weight: str, layer: nn.Module, classifier: nn.Modul
         is_out = units.graph.is_out_channel_pruning_fn(item.dep.handler)
         if isinstance(module, Tensor):
             return "coupled to a parameter outside any layer"
+        if isinstance(module, tp.ops._UnbindOp):  # q, k, v = qkv.unbind(): the head split
+            return "outputs unbound into parts (attention's q, k, v)"
         if module is classifier and is_out:
             return "tied to the classifier outputs"
         if isinstance(module, PRUNABLE) and is_out:
