@@ -146,6 +146,9 @@ def rss_bytes() -> int:
 
 
 def _child(fn, queue):
+    # a forked child cannot use the parent's OpenMP pool (it hangs in its first parallel
+    # region when the parent ran with --threads > 1): memory is measured on one thread
+    torch.set_num_threads(1)
     start = rss_bytes()
     fn()
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
