@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.errors import LiveError
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -35,14 +36,27 @@ def progress() -> Progress:
 @contextmanager
 def steps(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A bar for a long loop that is not training (scoring): yields advance(n). Each advance
-    is also a safe point: a stop signal (Ctrl-C) ends the loop there, not minutes later."""
+    is also a safe point: a stop signal (Ctrl-C) ends the loop there, not minutes later.
+
+    Inside another bar (pruning from a training step: gradual and dynamic schedules) a rich
+    older than 14.1 allows no second live display; the loop then runs without its own bar.
+    """
     from prunebench.runstate.resume import stop_if_requested  # torch: only where used
 
-    with progress() as bar:
-        task = bar.add_task(description, total=total, status="")
+    bar = progress()
+    try:
+        bar.start()
+    except LiveError:
+        bar = None
+    task = bar.add_task(description, total=total, status="") if bar else None
 
-        def advance(n: int = 1) -> None:
+    def advance(n: int = 1) -> None:
+        if bar:
             bar.advance(task, n)
-            stop_if_requested()
+        stop_if_requested()
 
+    try:
         yield advance
+    finally:
+        if bar:
+            bar.stop()

@@ -19,6 +19,7 @@ from prunebench.models.vit import ViT
 from prunebench.pruning import latency, sparse
 from prunebench.pruning.masks import prunable_weights
 
+
 def images(*shape):
     return lambda batch: torch.randn(batch, *shape)
 
@@ -92,6 +93,27 @@ def test_forced_csr_and_dense_kernels():
     assert {r["kernel"] for t in forced["kernels"]["batch_2"].values() for r in t} == {"csr"}
     plain = latency.measure(model, model, x, "dense", None, torch.device("cpu"), (2,))
     assert "sparse" not in plain["forms"]
+
+
+def test_every_thread_count_gets_its_own_kernels_and_times():
+    """One thread and the default count (two here, whatever the suite's one-thread default):
+    kernels are chosen and every form timed at each; auto's choice follows its own timings."""
+    model, inputs = pruned("lenet300", keep=0.05)
+    kept = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = latency.measure(model, model, inputs(8), "auto", None, torch.device("cpu"),
+                                 batch_sizes=(8,))
+    finally:
+        torch.set_num_threads(kept)
+    assert result["threads"] == [1, 2]
+    for t in ("threads_1", "threads_2"):
+        assert all(result["forms"][form]["batch_8"][t] > 0 for form in ("dense", "sparse"))
+        rows = result["kernels"]["batch_8"][t]
+        timed = [r for r in rows if r["csr_us"] is not None]
+        assert timed and all(r["kernel"] == ("csr" if r["csr_us"] < r["dense_us"] else "dense")
+                             for r in timed)
+        assert result["speedups"]["batch_8"][t]["ratio"] > 0
 
 
 def test_sparse_state_round_trip():

@@ -176,11 +176,12 @@ def choose(layers: dict[str, SparseLayer], inputs: dict[str, Tensor], kernel: st
 def time_both(layer: SparseLayer, x: Tensor, threads: int | None) -> tuple[float, float]:
     """(dense, csr) times of the layer on `x` in µs: timed in turn, the best of each kept.
 
-    One call of each is timed first; a CSR product CLEAR_LOSS times slower than that is not
-    timed again (the usual case for convolutions, whose unfold alone costs more than the
-    dense kernel), so hopeless layers cost two calls, not two benchmarks.
+    After a warm-up call of each (a kernel's first call pays its set-up), one call of each
+    is timed; a CSR product CLEAR_LOSS times slower than that is not timed again (the usual
+    case for convolutions, whose unfold alone costs more than the dense kernel), so hopeless
+    layers cost four calls, not two benchmarks.
     """
-    layer.dense(x), layer.sparse_forward(x)  # warm: a kernel's first call pays its set-up
+    once(lambda: layer.dense(x), threads), once(lambda: layer.sparse_forward(x), threads)
     dense, csr = [once(lambda: layer.dense(x), threads)], [
         once(lambda: layer.sparse_forward(x), threads)]
     if csr[0] < CLEAR_LOSS * dense[0]:
