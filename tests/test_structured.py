@@ -120,6 +120,51 @@ def test_residual_outputs_stay_whole_and_block_insides_shrink():
     assert small[0].out_channels == 8 and small[3].conv2.out_channels == 8
 
 
+class ChunkAttention(nn.Module):
+    """Self-attention whose q, k, v come out of one Linear by `chunk` and are reshaped into
+    heads: the trace sees a split, not the head structure."""
+
+    def __init__(self, width: int = 16, heads: int = 4):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, c // self.heads).transpose(1, 2)
+                   for z in self.qkv(x).chunk(3, -1))
+        y = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class ChunkAttentionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn = nn.Linear(8, 16), ChunkAttention()
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(x)
+        return self.head((x + self.fc2(torch.relu(self.fc1(x)))).mean(1))
+
+
+def test_a_layer_whose_unit_removal_breaks_the_forward_stays_whole():
+    """qkv.chunk(3) + a reshape into heads: the trial removal fails, so qkv is kept whole;
+    the MLP's hidden layer is removable and its compact model computes the masked one."""
+    torch.manual_seed(0)
+    model, x = ChunkAttentionNet().eval(), torch.randn(2, 5, 8)
+    units = find_units(model, x)
+    assert list(units.layers) == ["fc1.weight"]
+    assert units.fixed["attn.qkv.weight"].startswith("removing a unit breaks the forward")
+    with torch.no_grad():
+        model.fc1.weight[::2] = 0  # half of the hidden units output exactly zero
+        model.fc1.bias[::2] = 0
+        small, recipe = compact.compact(model, x)
+        assert recipe["widths"]["fc1.weight"] == [16, 32] and small.fc2.in_features == 16
+        assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
 def test_removed_units_take_bias_norm_and_next_columns():
     model = ready(conv_net())
     masks = prune_units(model, l1_units(scope="layer"), 0.5)

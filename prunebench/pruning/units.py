@@ -11,7 +11,9 @@ added to it (residual connections). A unit is removable here only when that list
   as Li et al. (2017) keep the outputs of residual blocks;
 - it is not an output of the classifier (the last prunable layer);
 - its outputs are not unbound into parts (an attention's q, k, v out of one qkv layer, whose
-  split into heads one removed unit would break).
+  split into heads one removed unit would break);
+- removing one of its units from a copy of the model leaves a forward that runs (a trial, for
+  what the trace cannot see: `qkv.chunk(3)` then a reshape into heads, a hard-coded view).
 
 Masking every slice in the list makes the unit's output exactly zero, so the masked model
 computes what the physically smaller one does (compact.py removes the same slices).
@@ -19,6 +21,7 @@ computes what the physically smaller one does (compact.py removes the same slice
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -127,7 +130,40 @@ def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -
         if reason:
             del units.layers[weight]
             units.fixed[weight] = reason
+    _fix_units_that_break_the_forward(units, model, example)
     return units
+
+
+def _fix_units_that_break_the_forward(units: Units, model: nn.Module, example: Tensor) -> None:
+    """Trial removals: all candidate layers at once (one trace), then, only if that fails,
+    each layer alone, fixing those whose removal breaks the forward."""
+    trial = [w for w, layer in units.layers.items() if layer.weight.shape[0] > 1]
+    if not trial or not _removal_error(model, example, trial):
+        return
+    for weight in trial:
+        error = _removal_error(model, example, [weight])
+        if error:
+            del units.layers[weight]
+            units.fixed[weight] = f"removing a unit breaks the forward ({error})"
+
+
+def _removal_error(model: nn.Module, example: Tensor, weights: list[str]) -> str:
+    """'' when a copy of `model` without the first unit of each of `weights` (and all that
+    goes with it) still runs on `example`; else the error, in one short line."""
+    trial = copy.deepcopy(model).eval()
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example,
+                                                      verbose=False)
+    for weight in weights:
+        layer = trial.get_submodule(weight.rpartition(".")[0])
+        graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels,
+                                [0]).prune()
+    try:
+        with torch.no_grad():
+            trial(example)
+    except Exception as error:  # any failure of the smaller model means: not removable
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
+    return ""
 
 
 def _why_fixed(units: Units, weight: str, layer: nn.Module, classifier: nn.Module) -> str:
