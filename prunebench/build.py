@@ -55,11 +55,6 @@ def strategy_class(cfg: DictConfig) -> type:
     return target_of(cfg, "strategy")
 
 
-def model_class(cfg: DictConfig):
-    """The class (or factory function) `model._target_` names, imported but not built."""
-    return target_of(cfg, "model")
-
-
 def target_of(cfg: DictConfig, group: str):
     target = OmegaConf.select(cfg, f"{group}._target_", default=None)
     module, _, name = str(target).rpartition(".")

@@ -90,9 +90,6 @@ SIZES = [  # model sizes: one line after composing, before any training, folder 
     Case("vgg-depth", ["model=vgg", "model.depth=12"], "model.depth", into="fresh"),
 ]
 UNSUPPORTED = [  # a criterion or granularity the model cannot take: one line, nothing trained
-    Case("neuron-hf", ["model=hf", "model.name=/nonexistent/tiny-gpt2", "dataset=text",
-                       "dataset.max_tokens=2000", "strategy.granularity=neuron"],
-         "strategy.granularity=neuron", also="qkv", into="fresh"),
     # depthwise convolutions: refused once the model is built (its INFO line kept out)
     *[Case(f"{s}-grouped-conv", ["model=torchvision", "model.arch=mobilenet_v3_small",
                                   "dataset=synthetic", "dataset.channels=3", f"strategy={s}",

@@ -79,6 +79,37 @@ def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
         math.exp(sum(losses) / len(losses)), rel=1e-4)
 
 
+def test_hf_neuron_pruning_removes_mlp_units_and_keeps_qkv_whole(tmp_path, tiny):
+    """granularity=neuron on GPT-2: half of every MLP's hidden units go; c_attn, whose split
+    into heads one removed unit breaks, stays whole by the trial removal; the compact model
+    read back by prunebench's reader computes what final.pt's masked model does."""
+    from prunebench.models.hf import HFCausalLM
+    from prunebench.pruning import compact
+
+    folder, corpus = tiny
+    out = tmp_path / "run"
+    run_cli([f"hydra.run.dir={out}", "cache.enabled=false", "model=hf", f"model.name={folder}",
+             "dataset=text", f"dataset.path={corpus}", "dataset.seq_len=32", "optimizer=adamw",
+             "train.epochs=0", "finetune.epochs=1", "train.batch_size=8", "strategy=l2",
+             "strategy.amount=0.5"], cwd=tmp_path, env=OFFLINE)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok"
+    blocks = "model.transformer.h"
+    assert results["compact"]["widths"] == {f"{blocks}.{i}.mlp.c_fc.weight": [64, 128]
+                                            for i in range(2)}
+    for i in range(2):
+        why = results["compact"]["fixed"][f"{blocks}.{i}.attn.c_attn.weight"]
+        assert why.startswith("removing a unit breaks the forward")
+    vocabulary = transformers.AutoConfig.from_pretrained(folder).vocab_size
+    masked = HFCausalLM((32,), vocabulary, name=str(folder)).eval()
+    masked.load_state_dict(torch.load(out / "checkpoints" / "final.pt"))
+    small = compact.load(out / "checkpoints" / "compact.pt")
+    x = torch.randint(vocabulary, (2, 32))
+    with torch.no_grad():
+        expected = masked(x)
+        assert torch.allclose(small(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
 @pytest.mark.parametrize("args, key", [
     (["model.name=/nonexistent/tiny-model", "model.tokenizer=bytes"], "model.name"),
     (["model.name=/nonexistent/tiny-model"], "model.tokenizer"),

@@ -98,13 +98,6 @@ def check_strategy(cfg: DictConfig) -> None:
     _number(cfg, "strategy.threshold", optional=True, allowed="a number")
     _choice(cfg, "strategy.scope", SCOPES)
     _choice(cfg, "strategy.granularity", GRANULARITIES)
-    if _get(cfg, "strategy.granularity") == "neuron":
-        # a model whose units cannot be removed one by one says why (`neuron_unsupported`)
-        why = getattr(build.model_class(cfg), "neuron_unsupported", None)
-        if why:
-            raise ConfigError(f"strategy.granularity=neuron is not supported by model "
-                              f"{_get(cfg, 'model.name')}: {why}; use "
-                              f"strategy.granularity=weight")
     problem = allocation.check(_get(cfg, "strategy.allocation"), _get(cfg, "strategy.scope"),
                                _get(cfg, "strategy.granularity"))
     if problem:

@@ -24,11 +24,6 @@ from torch import nn
 
 from prunebench.config.checks import ConfigError
 
-# why granularity=neuron cannot run here (a class attribute config.checks reads): the qkv
-# layers split their outputs with `split` and reshape them into heads, which a removed unit
-# breaks; prunebench's own GPT and ViT unbind q, k, v, which units.py recognises and keeps
-ATTENTION_UNITS = "removing output units of the attention's qkv layer breaks its split into heads"
-
 log = logging.getLogger(__name__)
 
 
@@ -59,8 +54,6 @@ def first_line(err: BaseException) -> str:
 
 
 class HFCausalLM(nn.Module):
-    neuron_unsupported = ATTENTION_UNITS
-
     def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
                  tokenizer: str | None = None, revision: str | None = None):
         super().__init__()
