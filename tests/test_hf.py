@@ -44,14 +44,21 @@ def tiny(tmp_path_factory):
     return folder, corpus
 
 
-def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
+def run_tiny(tmp_path, tiny, *args) -> tuple[dict, object]:
+    """The CLI on the tiny model and text, offline, no dense training, half of the weights
+    (or units) pruned: (results.json, run folder)."""
     folder, corpus = tiny
     out = tmp_path / "run"
     run_cli([f"hydra.run.dir={out}", "cache.enabled=false", "model=hf", f"model.name={folder}",
              "dataset=text", f"dataset.path={corpus}", "dataset.seq_len=32", "optimizer=adamw",
-             "train.epochs=0", "finetune.epochs=2", "train.batch_size=8", "strategy=wanda",
-             "strategy.amount=0.5"], cwd=tmp_path, env=OFFLINE)
-    results = json.loads((out / "results.json").read_text())
+             "train.epochs=0", "train.batch_size=8", "strategy.amount=0.5", *args],
+            cwd=tmp_path, env=OFFLINE)
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
+    folder, corpus = tiny
+    results, out = run_tiny(tmp_path, tiny, "finetune.epochs=2", "strategy=wanda")
     assert results["status"] == "ok"
     assert results["config"]["dataset"]["tokenizer"] == str(folder)
     # GPT-2's Conv1D block layers, as Linear, are what was pruned; nothing outside the blocks
@@ -86,13 +93,8 @@ def test_hf_neuron_pruning_removes_mlp_units_and_keeps_qkv_whole(tmp_path, tiny)
     from prunebench.models.hf import HFCausalLM
     from prunebench.pruning import compact
 
-    folder, corpus = tiny
-    out = tmp_path / "run"
-    run_cli([f"hydra.run.dir={out}", "cache.enabled=false", "model=hf", f"model.name={folder}",
-             "dataset=text", f"dataset.path={corpus}", "dataset.seq_len=32", "optimizer=adamw",
-             "train.epochs=0", "finetune.epochs=1", "train.batch_size=8", "strategy=l2",
-             "strategy.amount=0.5"], cwd=tmp_path, env=OFFLINE)
-    results = json.loads((out / "results.json").read_text())
+    folder, _ = tiny
+    results, out = run_tiny(tmp_path, tiny, "finetune.epochs=1", "strategy=l2")
     assert results["status"] == "ok"
     blocks = "model.transformer.h"
     assert results["compact"]["widths"] == {f"{blocks}.{i}.mlp.c_fc.weight": [64, 128]
