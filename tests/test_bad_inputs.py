@@ -90,6 +90,11 @@ SIZES = [  # model sizes: one line after composing, before any training, folder 
     Case("vgg-depth", ["model=vgg", "model.depth=12"], "model.depth", into="fresh"),
 ]
 UNSUPPORTED = [  # a criterion or granularity the model cannot take: one line, nothing trained
+    # shufflenet's channel shuffle: Torch-Pruning cannot trace its units; said before training
+    Case("neuron-untraceable", ["model=torchvision", "model.arch=shufflenet_v2_x0_5",
+                                "dataset=synthetic", "dataset.channels=3", "strategy=l2",
+                                "hydra.job_logging.root.level=WARNING"],
+         "strategy.granularity=neuron", also="cannot trace", into="fresh"),
     # depthwise convolutions: refused once the model is built (its INFO line kept out)
     *[Case(f"{s}-grouped-conv", ["model=torchvision", "model.arch=mobilenet_v3_small",
                                   "dataset=synthetic", "dataset.channels=3", f"strategy={s}",

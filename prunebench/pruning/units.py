@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from prunebench.config.errors import ConfigError
 from prunebench.pruning.masks import PRUNABLE, dense_patterns, is_dense
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -115,6 +116,11 @@ def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                           verbose=False)
+    except Exception as error:  # an op Torch-Pruning cannot map (shufflenet's channel shuffle)
+        first = (str(error).splitlines() or [""])[0][:100]
+        raise ConfigError(f"strategy.granularity=neuron: Torch-Pruning cannot trace this "
+                          f"model's units ({type(error).__name__}: {first}); use "
+                          f"strategy.granularity=weight") from None
     finally:
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
