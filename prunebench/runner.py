@@ -149,10 +149,8 @@ def setup(cfg: DictConfig) -> tuple:
     strategy.check_model(model, prunable_weights(model, strategy.exclude))
     if strategy.granularity == "neuron":  # and so does a model whose units cannot be traced
         from prunebench.data import batches
-        from prunebench.pruning.units import example_input, find_units
 
-        find_units(model, example_input(model, next(batches(data, data.train, 2))[0]),
-                   strategy.exclude)
+        strategy.trace(model, next(batches(data, data.train, 2))[0])
     return device, data, model, strategy
 
 

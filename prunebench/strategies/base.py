@@ -89,7 +89,7 @@ class Strategy:
         self.owl_m, self.owl_lambda = owl_m, owl_lambda
         self.outlier_ratios: dict[str, float] | None = None  # allocation=owl, per layer
         self.allow_collapse = allow_collapse
-        self.units: Units | None = None  # the last pruning call's traced units (a record only)
+        self.units: Units | None = None  # the model's traced units, kept for later calls
         self.coupled: dict[str, Tensor] = {}  # masks of biases, norms ... of removed units
         self.collapsed: list[str] = []  # layers left with no units by the last selection
 
@@ -142,11 +142,17 @@ class Strategy:
         """`ctx.units`, or the removable units of `ctx.model` traced on one batch."""
         if ctx.units is not None:
             return ctx.units
-        # torch-pruning loads for structured runs only
-        from prunebench.pruning.units import example_input, find_units
+        return self.trace(ctx.model, next(iter(ctx.batches()))[0])
 
-        example = example_input(ctx.model, next(iter(ctx.batches()))[0])
-        return find_units(ctx.model, example, self.exclude)
+    def trace(self, model: nn.Module, x: Tensor) -> Units:
+        """The removable units of `model`, traced on two samples of `x` the first time only:
+        which units can go depends on the model's structure, not on its weights."""
+        if self.units is None or self.units.graph.model is not model:
+            # torch-pruning loads for structured runs only
+            from prunebench.pruning.units import example_input, find_units
+
+            self.units = find_units(model, example_input(model, x), self.exclude)
+        return self.units
 
     def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                amount: float | None, units: Units | None = None) -> dict[str, Tensor]:
