@@ -1,0 +1,125 @@
+"""Where a pruned GPT's forward time goes: its prunable Linear layers against everything else.
+
+Builds prunebench's GPT (model=gpt) at the given width, zeroes the smallest `--sparsity` of
+every block Linear layer's weights (magnitude, per layer), makes its sparse form with
+`inference.kernel=auto`'s per-layer choice (pruning/sparse.py), and times, at one thread:
+the whole forward of the dense model and of the sparse form; inside each, the prunable layers'
+share (forward hooks around every layer call; the rest is attention, GELU, LayerNorm, the
+head); and the same CSR products alone, on inputs already in the (features x tokens) layout
+MKL's product takes, without the layout copies the sparse form pays. From these, the ceiling of any
+layout work: dense / (everything else + the kernels alone). Best of --repeats rounds, the
+forms timed in turn.
+
+    python scripts/bench_sparse_model.py                         # the default GPT (n_embd 128)
+    python scripts/bench_sparse_model.py --n-embd 768 --n-head 12   # GPT-2-small's width
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from prunebench.models.gpt import GPT
+from prunebench.pruning import sparse
+
+
+def pruned_gpt(args) -> GPT:
+    torch.manual_seed(0)
+    model = GPT((args.seq_len,), 256, n_embd=args.n_embd, n_layer=args.n_layer,
+                n_head=args.n_head).eval()
+    with torch.no_grad():
+        for layer in model.blocks.modules():
+            if isinstance(layer, nn.Linear):
+                w = layer.weight
+                w.mul_(w.abs() > w.abs().flatten().kthvalue(int(w.numel() * args.sparsity))[0])
+    return model
+
+
+def timed_forward(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> tuple:
+    """(whole forward s, the `layers`' calls' share s) of one forward pass."""
+    spent, hooks = [0.0], []
+    for layer in layers:
+        hooks.append(layer.register_forward_pre_hook(
+            lambda *_: spent.append(-time.perf_counter())))
+        hooks.append(layer.register_forward_hook(
+            lambda *_: spent.__setitem__(0, spent[0] + spent.pop() + time.perf_counter())))
+    try:
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start, spent[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def products_alone(layers: dict, inputs: dict) -> float:
+    """The layers' kernels alone, s: the sparse form's CSR products (ROW_CHUNK rows each)
+    on chunks already transposed, no copy in or out; the dense kernel of a layer `auto` kept
+    dense."""
+    total = 0.0
+    for name, layer in layers.items():
+        x = inputs[name]
+        if layer.use_csr:
+            rows = x.reshape(-1, x.shape[-1])
+            chunks = [c.t().contiguous() for c in rows.split(sparse.ROW_CHUNK)]
+            run = lambda layer=layer, chunks=chunks: [layer.product(c) for c in chunks]  # noqa
+        else:
+            run = lambda layer=layer, x=x: layer.dense(x)  # noqa: E731
+        run()
+        start = time.perf_counter()
+        run()
+        total += time.perf_counter() - start
+    return total
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for flag, default in (("--n-embd", 128), ("--n-head", 4), ("--n-layer", 4),
+                          ("--seq-len", 128), ("--batch", 64), ("--repeats", 5)):
+        parser.add_argument(flag, type=int, default=default)
+    parser.add_argument("--sparsity", type=float, default=0.95)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", UserWarning)  # CSR "beta" notice
+    dense = pruned_gpt(args)
+    form, layers = sparse.sparse_form(dense)
+    x = torch.randint(0, 256, (args.batch, args.seq_len))
+    inputs = sparse.layer_inputs(form, layers, x)
+    sparse.choose(layers, inputs, "auto", 1)
+    linears = [dense.get_submodule(name) for name in layers]
+    best = {k: float("inf") for k in ("dense", "dense_linear", "form", "form_linear", "alone")}
+    for _ in range(args.repeats):
+        for key, model, parts in (("dense", dense, linears),
+                                  ("form", form, list(layers.values()))):
+            model(x)  # warm
+            whole, share = timed_forward(model, parts, x)
+            best[key], best[f"{key}_linear"] = min(best[key], whole), min(
+                best[f"{key}_linear"], share)
+        best["alone"] = min(best["alone"], products_alone(layers, inputs))
+    on_csr = sum(layer.use_csr for layer in layers.values())
+    # what the layers leave: the same ops in both forms; the smaller measurement bounds best
+    rest = min(best["dense"] - best["dense_linear"], best["form"] - best["form_linear"])
+    ms = {k: v * 1e3 for k, v in best.items()}
+    print(f"GPT n_embd {args.n_embd}, {args.n_layer} blocks, batch {args.batch} x "
+          f"{args.seq_len} tokens, {args.sparsity:.0%} per layer, one thread; "
+          f"{on_csr} of {len(layers)} layers on CSR (auto)\n")
+    print("| part | dense ms | sparse form ms | kernels alone ms |")
+    print("|---|---|---|---|")
+    print(f"| {len(layers)} prunable Linear layers | {ms['dense_linear']:.1f} | "
+          f"{ms['form_linear']:.1f} | {ms['alone']:.1f} |")
+    print(f"| everything else | {ms['dense'] - ms['dense_linear']:.1f} | "
+          f"{ms['form'] - ms['form_linear']:.1f} | |")
+    print(f"| forward | {ms['dense']:.1f} | {ms['form']:.1f} | |")
+    ceiling = best["dense"] / (rest + best["alone"])
+    print(f"\nspeedup {best['dense'] / best['form']:.2f}x; with the layout copies free "
+          f"(everything else + kernels alone) at most {ceiling:.2f}x; "
+          f"with free Linear layers at most {best['dense'] / rest:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
