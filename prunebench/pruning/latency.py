@@ -4,8 +4,9 @@ Forms: `dense` (the trained dense weights), `masked` (the final model as trained
 kernels over zeros), `sparse` (its CSR form, each layer's kernel picked by
 `inference.kernel`, see pruning/sparse.py) and `compact` (the physically smaller model, at
 granularity=neuron). Each is timed at batch 1 and batch 64 on real test inputs, at one thread
-and at the default thread count, with torch.utils.benchmark (two warm-up calls, then the
-median of its blocks); the forms are timed in turn, FORM_REPEATS times, keeping the best, so
+and at the default thread count, with torch.utils.benchmark (warm-up calls, then the
+median of its blocks; a forward lasting a block by itself is timed alone, sparse.time_ms);
+the forms are timed in turn, FORM_REPEATS times, keeping the best, so
 a burst of load on a shared machine hits all forms alike. `auto` picks kernels separately for
 each batch size and thread count, on that setting's inputs.
 
