@@ -12,8 +12,10 @@ from torch import nn
 
 from prunebench.models.gpt import GPT
 from prunebench.models.lenet5 import LeNet5
+from prunebench.models.library import timm_model, torchvision_model
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
+from prunebench.models.resnet18 import ResNet18
 from prunebench.models.vgg import VGG
 from prunebench.models.vit import ViT
 from prunebench.pruning import latency, sparse
@@ -28,6 +30,22 @@ def tokens(vocabulary, length):
     return lambda batch: torch.randint(vocabulary, (batch, length))
 
 
+def tiny_hf_gpt2() -> nn.Module:
+    """model=hf on a 2-block GPT-2 saved with save_pretrained and loaded back (Conv1D layers
+    become Linear at load)."""
+    import tempfile
+
+    import transformers
+
+    from prunebench.models.hf import HFCausalLM
+
+    config = transformers.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2,
+                                     n_head=2)
+    with tempfile.TemporaryDirectory() as folder:
+        transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+        return HFCausalLM((60,), 50, name=folder)
+
+
 # every built-in family: (model, a batch of its inputs); the GPT's 5 x 60 = 300 token rows are
 # more than one ROW_CHUNK of the Linear layers' CSR product, and the last chunk is partial
 FAMILIES = {
@@ -38,6 +56,12 @@ FAMILIES = {
     "vgg": (lambda: VGG((3, 32, 32), 10, depth=11), images(3, 32, 32)),
     "vit": (lambda: ViT((3, 16, 16), 10, dim=32, depth=2), images(3, 16, 16)),
     "gpt": (lambda: GPT((60,), 50, n_embd=32, n_layer=2), tokens(50, 60)),
+    "hf": (tiny_hf_gpt2, tokens(50, 60)),
+    "resnet18": (lambda: ResNet18((3, 16, 16), 10), images(3, 16, 16)),
+    # depthwise convolutions, which the sparse form leaves as they are (dense)
+    "torchvision": (lambda: torchvision_model((3, 32, 32), 10, "mobilenet_v3_small"),
+                    images(3, 32, 32)),
+    "timm": (lambda: timm_model((3, 32, 32), 10, "test_convnext"), images(3, 32, 32)),
 }
 MEASURED = ["inference.measure=true", "model.hidden=[64,32]", "strategy.amount=0.9",
             "train.epochs=1", "finetune.epochs=0"]
@@ -62,7 +86,7 @@ def test_csr_form_computes_the_masked_model(family):
     model, inputs = pruned(family)
     form, layers = sparse.sparse_form(model)
     kinds = {type(layer.dense) for layer in layers.values()}
-    assert nn.Linear in kinds and (family in ("lenet300", "gpt") or nn.Conv2d in kinds)
+    assert nn.Linear in kinds and (family in ("lenet300", "gpt", "hf") or nn.Conv2d in kinds)
     for layer in layers.values():
         layer.use_csr = True
     x = inputs(5)
@@ -74,6 +98,8 @@ def test_csr_form_computes_the_masked_model(family):
     if family == "resnet":
         convs = [layer.dense for layer in layers.values() if isinstance(layer.dense, nn.Conv2d)]
         assert any(c.stride == (2, 2) and c.kernel_size == (3, 3) for c in convs)
+    if family in ("torchvision", "timm"):  # grouped convolutions stayed, and ran, dense
+        assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in form.modules())
 
 
 def test_unpruned_layers_keep_dense_kernels():
