@@ -125,3 +125,20 @@ def test_hf_offline_errors_are_one_line(tmp_path, tiny, args, key):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith("prunebench: error:"), proc.stderr
     assert key in errors[0], proc.stderr
+
+
+def test_unreachable_hub_fails_at_once_without_retries(tmp_path, tiny):
+    """A hub id while the hub is out of reach (HF_ENDPOINT at a closed local port, offline
+    mode not set): one probe, then the local cache only, so one line and none of
+    huggingface_hub's retry warnings (five per file, about 50 s, before the probe)."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf-home"),
+           "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "model=hf",
+                    "model.name=nobody/no-such-model", "model.tokenizer=bytes", "dataset=text",
+                    f"dataset.path={tiny[1]}", "dataset.seq_len=32"], cwd=tmp_path,
+                   check=False, env=env)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode != 0 and "Traceback" not in output, output
+    assert len(errors) == 1 and "model.name=nobody/no-such-model" in errors[0], output
+    assert "out of reach" in output and "Retrying" not in output, output

@@ -100,6 +100,9 @@ def load_wikitext2(name: str = "wikitext2", seq_len: int = 128,
     except ImportError:
         raise ConfigError("dataset=wikitext2 needs the `datasets` library: "
                           "pip install 'prunebench[lm]'") from None
+    from prunebench.models.hub import offline_unless_reachable
+
+    offline_unless_reachable("dataset=wikitext2")
     try:
         raw = datasets.load_dataset("wikitext", config)
     except Exception as err:  # offline, or the hub refused: one line, not a traceback

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.models.hub import offline_unless_reachable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ def require_transformers():
 def load_tokenizer(name: str):
     """The tokenizer saved with a model (a folder or a hub id); one line when there is none."""
     transformers = require_transformers()
+    if not Path(name).expanduser().is_dir():
+        offline_unless_reachable(f"model.tokenizer={name}")
     try:
         return transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
@@ -59,6 +62,8 @@ class HFCausalLM(nn.Module):
         super().__init__()
         transformers = require_transformers()
         local = Path(name).expanduser()
+        if not local.is_dir():
+            offline_unless_reachable(f"model.name={name}")
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 str(local) if local.is_dir() else name, revision=revision, dtype=torch.float32)

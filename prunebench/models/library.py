@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.models.hub import offline_unless_reachable
 
 log = logging.getLogger(__name__)
 OWN_WEIGHTS = "or prune weights you have: {key} dense.checkpoint=PATH"
@@ -112,6 +113,8 @@ def timm_model(input_shape: Sequence[int], num_classes: int, arch: str,
         raise ConfigError(f"model.arch={arch} is not a timm model (timm.list_models() names "
                           f"them, e.g. resnet18, vit_tiny_patch16_224)")
     options = plain(options)
+    if pretrained and "file" not in options.get("pretrained_cfg_overlay", {}):
+        offline_unless_reachable("model.pretrained=true")
     try:
         model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes,
                                   in_chans=input_shape[0], **options)

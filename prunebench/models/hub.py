@@ -1,0 +1,34 @@
+"""The Hugging Face hub, asked once whether it is there: offline, the local cache answers at once.
+
+An unreachable hub costs huggingface_hub five retries per file (1 + 2 + 4 + 8 + 8 s, a warning
+each) before the caller's one-line error: about 50 s for a model and its tokenizer. One HEAD
+request to the endpoint, through huggingface_hub's own client (its proxies, its
+HF_ENDPOINT), says whether the hub is reachable; when it is not, huggingface_hub's offline mode
+is switched on for this process, so transformers, timm and datasets read the local cache and
+fail at once, with prunebench's one line, when the files are not there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 5.0
+
+
+def offline_unless_reachable(what: str) -> bool:
+    """True when the hub is out of reach or offline mode is already on (set now if need be);
+    `what` names the key that asked, in the log."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+    except Exception:  # noqa: BLE001  no route, no name, refused, timed out: every file would be
+        constants.HF_HUB_OFFLINE = True
+        log.info("%s: %s is out of reach; the local Hugging Face cache only", what,
+                 constants.ENDPOINT)
+        return True
+    return False
