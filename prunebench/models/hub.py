@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-PROBE_TIMEOUT_S = 5.0
 
 
 def offline_unless_reachable(what: str) -> bool:
@@ -25,7 +24,8 @@ def offline_unless_reachable(what: str) -> bool:
     if constants.HF_HUB_OFFLINE:
         return True
     try:
-        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+        # the wait huggingface_hub itself gives a metadata request (HF_HUB_ETAG_TIMEOUT)
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception:  # noqa: BLE001  no route, no name, refused, timed out: every file would be
         constants.HF_HUB_OFFLINE = True
         log.info("%s: %s is out of reach; the local Hugging Face cache only", what,
