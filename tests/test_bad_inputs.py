@@ -332,3 +332,47 @@ def test_a_stop_signal_during_exact_hessian_scoring_stops_at_the_next_rows(monke
         exact_diagonal(model, weights, batches, ctx, chunk=4)
     # the gradient pass and one chunk of 4 rows ran, not all 24 + 12 rows
     assert len(rows) == 2
+
+
+def stop_on_first_call(monkeypatch, owner, name: str) -> list:
+    """Patch owner.name to send SIGINT on its first call (as a Ctrl-C arriving mid-step);
+    returns the list of calls made."""
+    import signal
+
+    original, calls = getattr(owner, name), []
+
+    def first_call_stops(*args, **kwargs):
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, first_call_stops)
+    return calls
+
+
+def test_a_stop_signal_during_synflow_or_obs_stops_after_the_current_round(monkeypatch):
+    import torch
+    from torch import nn
+
+    from prunebench.runstate.resume import Interrupted, stop_on_signals
+    from prunebench.strategies import gradient, obs
+    from prunebench.strategies.base import PruneContext
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    batches = [(torch.randn(8, 6), torch.randint(3, (8,))) for _ in range(3)]
+    weights = {"1.weight": model[1].weight, "3.weight": model[3].weight}
+    ctx = PruneContext(batches=lambda: iter(batches), loss=nn.functional.cross_entropy,
+                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                       model=model, amount=0.5, masks={n: torch.ones_like(w)
+                                                       for n, w in weights.items()})
+    rounds = stop_on_first_call(monkeypatch, gradient, "synflow_scores")
+    strategy = gradient.Gradient(name="gradient", variant="synflow", iterations=10)
+    with stop_on_signals(), pytest.raises(Interrupted):
+        strategy.score(weights, ctx)
+    assert len(rounds) == 1  # of 10
+
+    forwards = stop_on_first_call(monkeypatch, model, "forward")
+    with stop_on_signals(), pytest.raises(Interrupted):
+        obs.layer_curvatures(model, weights, batches, 0.01, 128, 1.0)
+    assert len(forwards) == 1  # of 3 batches

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from prunebench.config.checks import choice, number
+from prunebench.console import steps
 from prunebench.strategies.autodiff import batch_gradients, eval_mode, mean_gradient, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 
@@ -75,12 +76,14 @@ class Gradient(Strategy):
         ones = torch.ones_like(x[:1])  # only the input's shape is used: SynFlow is data-free
         masks = dict(ctx.masks)
         rounds = self.iterations if ctx.amount is not None else 1
-        for k in range(1, rounds + 1):
-            scores = synflow_scores(ctx.model, masks, ones)
-            if k == rounds:
-                break
-            masks = self.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds),
-                                ctx.units)
+        with steps("synflow", rounds) as advance:  # a bar, and a safe point each round
+            for k in range(1, rounds + 1):
+                scores = synflow_scores(ctx.model, masks, ones)
+                advance(1)
+                if k == rounds:
+                    break
+                masks = self.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds),
+                                    ctx.units)
         log.info("synflow: %d rounds", rounds)
         return {n: s.masked_fill(masks[n] == 0, -torch.inf) for n, s in scores.items()}
 

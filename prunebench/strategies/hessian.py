@@ -73,8 +73,11 @@ class Hessian(Strategy):
     @torch.no_grad()
     def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
                    ctx: PruneContext) -> None:
-        for n, curvature in self._curvature.items():
-            weights[n].copy_(curvature.surgeon(weights[n], masks[n]))
+        # a stop between layers drops the half-compensated model: resume starts from state.pt
+        with steps("obs (surgeon)", len(self._curvature)) as advance:
+            for n, curvature in self._curvature.items():
+                weights[n].copy_(curvature.surgeon(weights[n], masks[n]))
+                advance(1)
         self._curvature = {}
 
     def diagonal(self, model: nn.Module, weights: dict[str, Tensor], batches: list[Batch],

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
+from prunebench.console import steps
 from prunebench.strategies.autodiff import forward_hooks
 
 log = logging.getLogger(__name__)
@@ -143,17 +144,21 @@ def layer_curvatures(model: nn.Module, weights: dict[str, Tensor], batches, damp
             counts[name] += len(x)
         return accumulate
 
-    with forward_hooks((modules[n], hook(n)) for n in weights):
-        for x, _ in batches:
-            model(x)
     out = {}
-    for n, (width, b, blocks, chunk) in plan.items():
-        h = 2 * sums[n] / max(counts[n], 1)
-        diag = h.diagonal(dim1=-2, dim2=-1)
-        pad = torch.arange(blocks * b, device=h.device).view(blocks, b) >= width
-        # dampening relative to the mean curvature, as in SparseGPT; padding gets identity
-        diag += damp * diag.flatten()[:width].mean() + 1e-8
-        diag[pad] = 1.0
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        out[n] = LayerCurvature(h, inverse, width, chunk)
+    # a bar, and a safe point after each batch and each layer's inverse
+    with steps("obs (layer Hessians)", len(batches) + len(plan)) as advance:
+        with forward_hooks((modules[n], hook(n)) for n in weights):
+            for x, _ in batches:
+                model(x)
+                advance(1)
+        for n, (width, b, blocks, chunk) in plan.items():
+            h = 2 * sums[n] / max(counts[n], 1)
+            diag = h.diagonal(dim1=-2, dim2=-1)
+            pad = torch.arange(blocks * b, device=h.device).view(blocks, b) >= width
+            # dampening relative to the mean curvature, as in SparseGPT; padding gets identity
+            diag += damp * diag.flatten()[:width].mean() + 1e-8
+            diag[pad] = 1.0
+            inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+            out[n] = LayerCurvature(h, inverse, width, chunk)
+            advance(1)
     return out
