@@ -84,6 +84,8 @@ def main() -> None:
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--sparsity", type=float, default=0.95)
     args = parser.parse_args()
+    if not 0 < args.sparsity < 1:
+        parser.error(f"--sparsity {args.sparsity}: between 0 and 1, both excluded")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", UserWarning)  # CSR "beta" notice
     dense = pruned_gpt(args)

@@ -303,37 +303,6 @@ def test_a_bad_copy_in_dataset_root_is_replaced_from_good_sources(tmp_path):
     assert data.train.x.numpy().tobytes() == written["train_x"].tobytes()
 
 
-def test_a_stop_signal_during_exact_hessian_scoring_stops_at_the_next_rows(monkeypatch):
-    import signal
-
-    import torch
-    from torch import nn
-
-    from prunebench.runstate.resume import Interrupted, stop_on_signals
-    from prunebench.strategies.base import PruneContext
-    from prunebench.strategies.hessian import exact_diagonal
-
-    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
-    batches = [(torch.randn(8, 6), torch.randint(3, (8,)))]
-    ctx = PruneContext(batches=lambda: iter(batches), loss=nn.functional.cross_entropy,
-                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    weights = {"1.weight": model[1].weight, "3.weight": model[3].weight}
-    rows = []
-
-    def stop_after_first_chunk(*args, **kwargs):  # Ctrl-C arrives while the first rows compute
-        if not rows:
-            os.kill(os.getpid(), signal.SIGINT)
-        rows.append(1)
-        return original(*args, **kwargs)
-
-    original = torch.autograd.grad
-    monkeypatch.setattr(torch.autograd, "grad", stop_after_first_chunk)
-    with stop_on_signals(), pytest.raises(Interrupted):
-        exact_diagonal(model, weights, batches, ctx, chunk=4)
-    # the gradient pass and one chunk of 4 rows ran, not all 24 + 12 rows
-    assert len(rows) == 2
-
-
 def stop_on_first_call(monkeypatch, owner, name: str) -> list:
     """Patch owner.name to send SIGINT on its first call (as a Ctrl-C arriving mid-step);
     returns the list of calls made."""
@@ -349,6 +318,26 @@ def stop_on_first_call(monkeypatch, owner, name: str) -> list:
 
     monkeypatch.setattr(owner, name, first_call_stops)
     return calls
+
+
+def test_a_stop_signal_during_exact_hessian_scoring_stops_at_the_next_rows(monkeypatch):
+    import torch
+    from torch import nn
+
+    from prunebench.runstate.resume import Interrupted, stop_on_signals
+    from prunebench.strategies.base import PruneContext
+    from prunebench.strategies.hessian import exact_diagonal
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    batches = [(torch.randn(8, 6), torch.randint(3, (8,)))]
+    ctx = PruneContext(batches=lambda: iter(batches), loss=nn.functional.cross_entropy,
+                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    weights = {"1.weight": model[1].weight, "3.weight": model[3].weight}
+    rows = stop_on_first_call(monkeypatch, torch.autograd, "grad")  # mid first rows
+    with stop_on_signals(), pytest.raises(Interrupted):
+        exact_diagonal(model, weights, batches, ctx, chunk=4)
+    # the gradient pass and one chunk of 4 rows ran, not all 24 + 12 rows
+    assert len(rows) == 2
 
 
 def test_a_stop_signal_during_synflow_or_obs_stops_after_the_current_round(monkeypatch):

@@ -142,3 +142,35 @@ def test_unreachable_hub_fails_at_once_without_retries(tmp_path, tiny):
     assert proc.returncode != 0 and "Traceback" not in output, output
     assert len(errors) == 1 and "model.name=nobody/no-such-model" in errors[0], output
     assert "out of reach" in output and "Retrying" not in output, output
+
+
+@pytest.mark.parametrize("status, offline", [(200, False), (502, True), (407, True)])
+def test_hub_probe_takes_answers_but_not_a_gateway_error(monkeypatch, status, offline):
+    """An endpoint that answers is reachable; a proxy's 407 or a gateway's 502 is not."""
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    from prunebench.models import hub
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802  (http.server's naming)
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "PROBE_PAUSE_S", 0.0)
+    hub.reachable.cache_clear()
+    try:
+        hub.offline_unless_reachable("model.name=someone/model", "someone/model")
+        assert constants.HF_HUB_OFFLINE is offline
+    finally:
+        server.shutdown()
+        hub.reachable.cache_clear()

@@ -98,8 +98,9 @@ def test_csr_form_computes_the_masked_model(family):
     if family == "resnet":
         convs = [layer.dense for layer in layers.values() if isinstance(layer.dense, nn.Conv2d)]
         assert any(c.stride == (2, 2) and c.kernel_size == (3, 3) for c in convs)
-    if family in ("torchvision", "timm"):  # grouped convolutions stayed, and ran, dense
-        assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in form.modules())
+    if family in ("torchvision", "timm"):  # pruned grouped convolutions stayed, and ran, dense
+        grouped = [m for m in form.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert grouped and all(bool((m.weight == 0).any()) for m in grouped)
 
 
 def test_unpruned_layers_keep_dense_kernels():

@@ -100,9 +100,15 @@ def load_wikitext2(name: str = "wikitext2", seq_len: int = 128,
     except ImportError:
         raise ConfigError("dataset=wikitext2 needs the `datasets` library: "
                           "pip install 'prunebench[lm]'") from None
+    from huggingface_hub import constants
+
     from prunebench.models.hub import offline_unless_reachable
 
     offline_unless_reachable("dataset=wikitext2")
+    if constants.HF_HUB_OFFLINE:  # datasets copied the setting when imported (not tested here)
+        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            if hasattr(datasets.config, flag):
+                setattr(datasets.config, flag, True)
     try:
         raw = datasets.load_dataset("wikitext", config)
     except Exception as err:  # offline, or the hub refused: one line, not a traceback

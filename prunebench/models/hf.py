@@ -39,8 +39,7 @@ def require_transformers():
 def load_tokenizer(name: str):
     """The tokenizer saved with a model (a folder or a hub id); one line when there is none."""
     transformers = require_transformers()
-    if not Path(name).expanduser().is_dir():
-        offline_unless_reachable(f"model.tokenizer={name}")
+    offline_unless_reachable(f"model.tokenizer={name}", name)
     try:
         return transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
@@ -62,8 +61,7 @@ class HFCausalLM(nn.Module):
         super().__init__()
         transformers = require_transformers()
         local = Path(name).expanduser()
-        if not local.is_dir():
-            offline_unless_reachable(f"model.name={name}")
+        offline_unless_reachable(f"model.name={name}", name)
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 str(local) if local.is_dir() else name, revision=revision, dtype=torch.float32)

@@ -139,12 +139,12 @@ def layer_inputs(form: nn.Module, layers: dict[str, SparseLayer], x: Tensor) -> 
 
 
 def time_ms(fn, threads: int | None, min_run_time: float, warmup: int = 2) -> float:
-    """Median time of `fn()` in ms (torch.utils.benchmark) after `warmup` calls.
-
-    A call that lasts `min_run_time` by itself is timed alone: blocked_autorange would spend
-    one more call sizing its block and then time a single call all the same. A call ten
-    times that long needs one warm-up only (its set-up costs are a small part of it). On a
-    large model this halves the calls, and the minutes, the latency block takes.
+    """Time of `fn()` in ms after `warmup` calls: the median of torch.utils.benchmark's blocks,
+    or one call when one call lasts `min_run_time` (blocked_autorange would spend one more
+    call sizing its block, then time a single call all the same). A call ten times that long
+    needs one warm-up only (its set-up costs are a small part of it). On a large model this
+    halves the calls, and the minutes, the latency block takes. With warmup=0 the caller
+    has warmed `fn` up: its first call may be the one returned.
     """
     # imported here: torch.utils.benchmark pulls in cpp_extension, which warns without CUDA
     from torch.utils import benchmark

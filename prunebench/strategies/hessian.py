@@ -74,11 +74,13 @@ class Hessian(Strategy):
     def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
                    ctx: PruneContext) -> None:
         # a stop between layers drops the half-compensated model: resume starts from state.pt
-        with steps("obs (surgeon)", len(self._curvature)) as advance:
-            for n, curvature in self._curvature.items():
-                weights[n].copy_(curvature.surgeon(weights[n], masks[n]))
-                advance(1)
-        self._curvature = {}
+        try:
+            with steps("obs (surgeon)", len(self._curvature)) as advance:
+                for n, curvature in self._curvature.items():
+                    weights[n].copy_(curvature.surgeon(weights[n], masks[n]))
+                    advance(1)
+        finally:
+            self._curvature = {}  # the layers' Hessians are not kept past this call
 
     def diagonal(self, model: nn.Module, weights: dict[str, Tensor], batches: list[Batch],
                  ctx: PruneContext) -> dict[str, Tensor]:
