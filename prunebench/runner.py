@@ -162,7 +162,8 @@ def dense_model(cfg: DictConfig, model, data, device, progress: Progress,
     if resumed is not None:  # dense training finished before the interruption
         progress.dense, progress.cache_hit = resumed
     elif cfg.dense.checkpoint:  # a trained model: never trained here, never cached
-        progress.dense = checkpoint.dense_entry(cfg.dense.checkpoint, model)
+        progress.dense = checkpoint.dense_entry(
+            cfg.dense.checkpoint, model, OmegaConf.select(cfg, "dense.checkpoint_prefix"))
     elif cfg.train.epochs == 0 or not cfg.cache.enabled:
         progress.dense = train_dense(cfg, model, data, progress, state)
     else:

@@ -238,12 +238,19 @@ def test_bad_input(case: Case, finished, tmp_path):
 
 def test_orphaned_temporary_files_are_cleaned_and_the_finished_run_reused(finished):
     root, run, before = finished
-    orphans = [run / "checkpoints" / ".state.pt.k1ll3d.tmp", run / ".results.json.x9.tmp"]
-    for path in orphans:
+    orphans = [run / "checkpoints" / ".prunebench-tmp.state.pt.k1ll3d.tmp",
+               run / ".prunebench-tmp.results.json.x9.tmp"]
+    # a user's own files that look like temporary ones are not ours to delete
+    theirs = [run / ".notes.tmp", run / "checkpoints" / ".state.pt.mine.tmp",
+              run / ".prunebench-tmp.kept"]
+    for path in orphans + theirs:
         path.write_bytes(b"half a write")
     proc = run_cli([*BASE, f"hydra.run.dir={run}", f"cache.dir={root / 'cache'}"], cwd=root)
     assert "already holds this run" in proc.stderr
     assert not any(p.exists() for p in orphans)
+    assert all(p.read_bytes() == b"half a write" for p in theirs)
+    for path in theirs:
+        path.unlink()
     assert digest(run) == before
 
 

@@ -80,6 +80,10 @@ def check(cfg: DictConfig) -> None:
         _number(cfg, key, low=0, allowed="a number >= 0")
     _number(cfg, "dataset.val_fraction", low=0, high=1, high_open=True, optional=True,
             allowed="0 <= val_fraction < 1")
+    prefix = _get(cfg, "dense.checkpoint_prefix")
+    if prefix is not None and not _get(cfg, "dense.checkpoint"):
+        raise ConfigError(f"dense.checkpoint_prefix={prefix} has no checkpoint to choose in: "
+                          f"set dense.checkpoint=PATH too")
     check_strategy(cfg)
 
 

@@ -63,6 +63,7 @@ class Finetune:
 @dataclass
 class Dense:
     checkpoint: str | None = None  # trained weights instead of training (models/checkpoint.py)
+    checkpoint_prefix: str | None = None  # the wrapper attribute to load (`net`); None: found
 
 
 @dataclass

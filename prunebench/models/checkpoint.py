@@ -3,8 +3,10 @@
 Reads what people have: a plain state_dict, a dict holding one under `state_dict`, `model` or
 `model_state_dict` (training scripts, PyTorch Lightning's `.ckpt`), or a `.safetensors` file.
 Pickles load with `weights_only=True`, so a checkpoint cannot run code. Keys carrying a wrapper's
-prefix (Lightning's `model.`, DataParallel's `module.`) are matched to the model without it.
-Every problem is one line naming the file and the first offending key.
+prefix (Lightning's `model.`, DataParallel's `module.`) are matched to the model without it. When
+more than one prefix holds a whole model (a LightningModule with `net` and a `teacher`), nothing
+is guessed: `dense.checkpoint_prefix=net` names the one to load. Every problem is one line naming
+the file and the first offending key.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ log = logging.getLogger(__name__)
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 
 
-def dense_entry(path: str | Path, model: nn.Module) -> dict:
+def dense_entry(path: str | Path, model: nn.Module, prefix: str | None = None) -> dict:
     """The dense entry the runner would otherwise train: the checkpoint's weights, no history.
 
-    Loads them into `model` as well, so a bad file stops here with its one line.
+    `prefix` (dense.checkpoint_prefix) names the wrapper attribute whose weights to load; None
+    finds it. Loads them into `model` as well, so a bad file stops here with its one line.
     """
     path = Path(path).expanduser()
     state = read(path)
-    state = match_to(state, model, path)
+    state = match_to(state, model, path, prefix)
     model.load_state_dict(state)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     log.info("dense: weights loaded from %s (sha256 %s), no dense training", path, digest[:12])
@@ -76,10 +79,14 @@ def _is_state_dict(value) -> bool:
             and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()))
 
 
-def match_to(state: dict[str, Tensor], model: nn.Module, path: Path) -> dict[str, Tensor]:
+def match_to(state: dict[str, Tensor], model: nn.Module, path: Path,
+             prefix: str | None = None) -> dict[str, Tensor]:
     """`state` with names the model uses; one line on missing, unexpected or misshapen keys."""
     expected = model.state_dict()
-    state = _without_wrapper_prefix(state, expected)
+    if prefix is None:
+        state = _without_wrapper_prefix(state, expected, path)
+    else:
+        state = _under_prefix(state, prefix, path)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -98,19 +105,57 @@ def match_to(state: dict[str, Tensor], model: nn.Module, path: Path) -> dict[str
     raise ConfigError(f"dense.checkpoint={path} does not fit model: {first}; {counts}")
 
 
-def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict) -> dict[str, Tensor]:
+def _under_prefix(state: dict[str, Tensor], prefix: str, path: Path) -> dict[str, Tensor]:
+    """The entries under `prefix` (dense.checkpoint_prefix), renamed without it; '' keeps the
+    names as stored."""
+    head = prefix.removesuffix(".")
+    if not head:
+        return state
+    inner = {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
+    if not inner:
+        raise ConfigError(f"dense.checkpoint_prefix={prefix}: no weights under {head + '.'!r} "
+                          f"in {path} (prefixes there: {', '.join(_heads(state)) or 'none'})")
+    log.info("dense.checkpoint: using the weights under %r (%d of %d entries)", head + ".",
+             len(inner), len(state))
+    return inner
+
+
+def _heads(state: dict[str, Tensor]) -> list[str]:
+    return sorted({k.split(".", 1)[0] for k in state if "." in k})
+
+
+def _fits(state: dict[str, Tensor], expected: dict) -> bool:
+    return all(k in state and state[k].shape == v.shape for k, v in expected.items())
+
+
+def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict,
+                            path: Path) -> dict[str, Tensor]:
     """The weights under a wrapper's attribute (Lightning's `model.`, DataParallel's
     `module.`, `net.`), renamed as the model names them, when the model's names start without
-    it and they match more of them. Other entries of the wrapper (a loss's buffers) go."""
+    it. Other entries of the wrapper (a loss's buffers) go.
+
+    The prefix whose entries hold every weight of the model, by name and shape, is taken; two
+    such prefixes (a student and a same-sized teacher) are refused rather than one of them
+    picked. When none holds them all, the one matching most names is taken, so that match_to
+    names what is missing (a tie is refused as well).
+    """
     if state.keys() <= expected.keys():
         return state
-    best, best_matches = state, len(state.keys() & expected.keys())
-    for head in {k.split(".", 1)[0] for k in state if "." in k}:
-        inner = {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
-        if len(inner.keys() & expected.keys()) > best_matches:
-            best, best_matches = inner, len(inner.keys() & expected.keys())
-            prefix = head + "."
-    if best is not state:
-        log.info("dense.checkpoint: using the weights under %r (%d of %d entries)", prefix,
-                 len(best), len(state))
-    return best
+    inner = {head: {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
+             for head in _heads(state)}
+    fitting = [head for head, entries in inner.items() if _fits(entries, expected)]
+    if not fitting:
+        matches = {head: len(entries.keys() & expected.keys()) for head, entries in inner.items()}
+        best = max(matches.values(), default=0)
+        if best <= len(state.keys() & expected.keys()):
+            return state
+        fitting = [head for head, n in matches.items() if n == best]
+    if len(fitting) > 1:
+        names = " and ".join(f"{h + '.'!r}" for h in fitting)
+        raise ConfigError(f"dense.checkpoint={path} is ambiguous: the weights under {names} "
+                          f"both fit the model; choose with dense.checkpoint_prefix="
+                          f"{fitting[0]} (or {', '.join(fitting[1:])})")
+    head = fitting[0]
+    log.info("dense.checkpoint: using the weights under %r (%d of %d entries)", head + ".",
+             len(inner[head]), len(state))
+    return inner[head]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 from prunebench.config.checks import ConfigError
 from prunebench.data import Dataset, batches
+from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 BATCH = 32  # test images the ONNX model is checked on
@@ -111,7 +111,7 @@ def quiet(*names: str):
 
 def _atomic_save(path: Path, save) -> None:
     """`save(name)` writes a file by name; it appears at `path` whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = files.temporary(path)
     os.close(fd)
     try:
         save(tmp)

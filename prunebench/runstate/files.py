@@ -1,4 +1,8 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+The temporary names start with TMP_PREFIX, which nothing but prunebench uses, so the cleanup of
+what a killed write left behind (runstate/folder.py) never touches a user's own files.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
+TMP_PREFIX = ".prunebench-tmp."  # + the target's name + mkstemp's random part + ".tmp"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it: put it straight back
 
 
+def temporary(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temporary file beside `path`, named as only prunebench names them."""
+    return tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=".tmp")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is one of our temporary files (a user's `.notes.tmp` is not)."""
+    return path.name.startswith(TMP_PREFIX) and path.name.endswith(".tmp")
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary(path)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for others to read
         with os.fdopen(fd, "wb") as f:
@@ -40,6 +53,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, so that runstate/folder.py can use this module without torch
+
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 

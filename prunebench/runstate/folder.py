@@ -5,8 +5,9 @@
 - `check_owner`: a folder that already holds a run of another config (finished, or unfinished
   with a `checkpoints/state.pt`) is refused unless `resume=false`, before anything is written,
   so a bad or different command never replaces a finished run's results.
-- `clean_orphans`: temporary files of an atomic write cut short by SIGKILL (`.NAME.*.tmp`, see
-  runstate/files.py) are removed by the next run that holds the lock.
+- `clean_orphans`: temporary files of an atomic write cut short by SIGKILL are removed by the
+  next run that holds the lock: only names with prunebench's own prefix
+  (`.prunebench-tmp.NAME.*.tmp`, runstate/files.py), never a user's own `.*.tmp`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from prunebench.config.errors import ConfigError
+from prunebench.runstate.files import TMP_PREFIX, is_temporary
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".prunebench.lock"
@@ -67,7 +69,7 @@ def clean_orphans(folder: str | Path) -> list[Path]:
     """Remove what an atomic write killed midway left behind (call only holding the lock)."""
     folder = Path(folder)
     orphans = [p for d in (folder, folder / "checkpoints") if d.is_dir()
-               for p in d.glob(".*.tmp") if p.is_file()]
+               for p in d.glob(f"{TMP_PREFIX}*") if is_temporary(p) and p.is_file()]
     for path in orphans:
         path.unlink(missing_ok=True)
     if orphans:
