@@ -104,13 +104,43 @@ def test_csr_form_computes_the_masked_model(family):
 
 
 def test_unpruned_layers_keep_dense_kernels():
-    """At 0% sparsity no layer is even tried on CSR, so the sparse form is the dense model."""
+    """At 0% sparsity no layer is even tried on CSR, so the deployed form is the dense model:
+    speedup exactly 1, form dense, and no sparse form timed against it."""
     model, inputs = pruned("lenet300", keep=1.0)
     result = latency.measure(model, model, inputs(4), "auto", None,
                              torch.device("cpu"), batch_sizes=(1, 4))
     rows = [r for b in result["kernels"].values() for t in b.values() for r in t]
     assert rows and all(r["kernel"] == "dense" and r["csr_us"] is None for r in rows)
     assert result["max_rel_diff"] < 1e-5
+    assert result["speedup"] == 1.0 and result["speedup_form"] == "dense"
+    assert result["speedup_low"] == result["speedup_high"] == 1.0
+    assert not result["speedup_significant"] and set(result["forms"]) == {"dense", "masked"}
+
+
+def test_paired_speedup_is_the_ratio_of_medians_with_its_interval():
+    """Rounds where the deployed form takes half the time: ratio of medians 2 and an interval
+    around it that excludes 1; two forms timed alike: an interval containing 1, not
+    significant. The interval is compared with a bootstrap over the paired rounds written
+    here."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    dense = 1.0 + 0.1 * rng.random(15)
+    clear = latency.paired_speedup({"dense": list(dense), "sparse": list(dense / 2)}, "sparse")
+    assert clear["ratio"] == pytest.approx(2.0) and clear["significant"]
+    assert clear["low"] == pytest.approx(2.0) and clear["high"] == pytest.approx(2.0)
+    other = 1.0 + 0.1 * rng.random(15)
+    even = latency.paired_speedup({"dense": list(dense), "sparse": list(other)}, "sparse")
+    assert even["ratio"] == pytest.approx(np.median(dense) / np.median(other))
+    assert even["low"] < 1.0 < even["high"] and not even["significant"]
+    picks = rng.integers(0, 15, (4000, 15))  # the same pairs resampled together
+    ratios = np.median(dense[picks], axis=1) / np.median(other[picks], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    assert even["low"] == pytest.approx(low, abs=0.01)
+    assert even["high"] == pytest.approx(high, abs=0.01)
+    assert latency.paired_speedup({"dense": list(dense)}, "dense") == {
+        "ratio": 1.0, "low": 1.0, "high": 1.0, "significant": False, "form": "dense",
+        "rounds": 15}
 
 
 def test_forced_csr_and_dense_kernels():
@@ -118,8 +148,11 @@ def test_forced_csr_and_dense_kernels():
     x = inputs(4)
     forced = latency.measure(model, model, x, "csr", None, torch.device("cpu"), (2,))
     assert {r["kernel"] for t in forced["kernels"]["batch_2"].values() for r in t} == {"csr"}
+    assert forced["speedup_form"] == "sparse"
+    assert forced["speedup_low"] <= forced["speedup"] <= forced["speedup_high"]
     plain = latency.measure(model, model, x, "dense", None, torch.device("cpu"), (2,))
     assert "sparse" not in plain["forms"]
+    assert plain["speedup"] == 1.0 and plain["speedup_form"] == "dense"
 
 
 def test_every_thread_count_gets_its_own_kernels_and_times():
@@ -135,12 +168,17 @@ def test_every_thread_count_gets_its_own_kernels_and_times():
         torch.set_num_threads(kept)
     assert result["threads"] == [1, 2]
     for t in ("threads_1", "threads_2"):
-        assert all(result["forms"][form]["batch_8"][t] > 0 for form in ("dense", "sparse"))
+        assert all(result["forms"][form]["batch_8"][t] > 0 for form in ("dense", "masked"))
         rows = result["kernels"]["batch_8"][t]
         timed = [r for r in rows if r["csr_us"] is not None]
-        assert timed and all(r["kernel"] == ("csr" if r["csr_us"] < r["dense_us"] else "dense")
-                             for r in timed)
-        assert result["speedups"]["batch_8"][t]["ratio"] > 0
+        assert timed and all(r["kernel"] == ("csr" if sparse.csr_wins(r["dense_us"], r["csr_us"])
+                                             else "dense") for r in timed)
+        speedup = result["speedups"]["batch_8"][t]
+        # the sparse form is timed, and is the deployed form, exactly when a layer runs CSR
+        on_csr = any(r["kernel"] == "csr" for r in rows)
+        assert speedup["form"] == ("sparse" if on_csr else "dense")
+        assert (t in result["forms"].get("sparse", {}).get("batch_8", {})) == on_csr
+        assert speedup["low"] <= speedup["ratio"] <= speedup["high"]
 
 
 def test_sparse_state_round_trip():
@@ -159,22 +197,30 @@ def test_sparse_state_round_trip():
 def test_run_measures_every_form_and_exports_sparse(cli, tmp_path):
     results, out = cli([*MEASURED, "export.sparse=true"])
     lat = results["latency"]
-    assert set(lat["forms"]) == {"dense", "masked", "sparse"}
+    assert {"dense", "masked"} <= set(lat["forms"]) <= {"dense", "masked", "sparse"}
     threads = [f"threads_{t}" for t in lat["threads"]]
     assert "threads_1" in threads
-    for form in lat["forms"].values():
+    for form in ("dense", "masked"):
         for batch in ("batch_1", "batch_64"):
-            assert all(form[batch][t] > 0 for t in threads)
-    assert lat["speedup"] > 0 and lat["speedup_at"] == "batch_64/threads_1"
-    best = min(lat["forms"][f]["batch_64"]["threads_1"] for f in ("masked", "sparse"))
-    assert lat["speedup"] == pytest.approx(lat["forms"]["dense"]["batch_64"]["threads_1"] / best)
+            assert all(lat["forms"][form][batch][t] > 0 for t in threads)
+    assert lat["speedup_at"] == "batch_64/threads_1"
+    # the speedup is the deployed form's: sparse when a layer runs CSR there, else exactly 1
+    head = lat["speedups"]["batch_64"]["threads_1"]
+    assert lat["speedup"] == head["ratio"] and lat["speedup_form"] == head["form"]
+    if head["form"] == "sparse":
+        assert lat["speedup"] == pytest.approx(lat["forms"]["dense"]["batch_64"]["threads_1"]
+                                               / lat["forms"]["sparse"]["batch_64"]["threads_1"])
+        assert lat["speedup_low"] <= lat["speedup"] <= lat["speedup_high"]
+    else:
+        assert lat["speedup"] == 1.0 and "threads_1" not in lat["forms"].get(
+            "sparse", {}).get("batch_64", {})
     assert lat["max_rel_diff"] < 1e-5
-    # auto kept, for every layer at every setting, the kernel it measured faster
+    # auto kept CSR, for every layer at every setting, only where it measured a clear gain
     rows = [r for b in lat["kernels"].values() for t in b.values() for r in t]
     assert len(rows) == 3 * 2 * len(threads)
     for r in rows:
         assert r["density"] <= sparse.MAX_DENSITY  # 90% pruned: every layer timed
-        assert r["kernel"] == ("csr" if r["csr_us"] < r["dense_us"] else "dense")
+        assert r["kernel"] == ("csr" if sparse.csr_wins(r["dense_us"], r["csr_us"]) else "dense")
     # the sparse checkpoint: smaller than final.pt, and the same weights
     export, = (e for e in results["exports"] if e["file"].endswith("final_sparse.pt"))
     assert export["size"] == (out / export["file"]).stat().st_size
@@ -187,7 +233,7 @@ def test_run_measures_every_form_and_exports_sparse(cli, tmp_path):
     report = tmp_path / "report"
     run_cli([str(out), "--out", str(report), "--plot"], cwd=tmp_path, script="prunebench-report")
     header, _, row = (report / "comparison.md").read_text().splitlines()[:3]
-    assert "| speedup |" in header and f"| {lat['speedup']:.2f}x |" in row
+    assert "| speedup |" in header and f"| {lat['speedup']:.2f}x " in row
     record = json.loads((report / "comparison.json").read_text())[0]
     assert record["speedup_mean"] == pytest.approx(lat["speedup"])
     assert list(report.glob("accuracy_latency_*.png"))
@@ -195,8 +241,25 @@ def test_run_measures_every_form_and_exports_sparse(cli, tmp_path):
 
 def test_neuron_run_times_the_compact_model(cli):
     results, _ = cli([*MEASURED, "strategy.granularity=neuron", "strategy.amount=0.5"])
-    forms = results["latency"]["forms"]
-    assert forms["compact"]["batch_64"]["threads_1"] > 0
+    lat = results["latency"]
+    assert lat["forms"]["compact"]["batch_64"]["threads_1"] > 0
+    assert lat["speedup_form"] == "compact"  # the compact model is what a user deploys
+    assert lat["speedup_low"] <= lat["speedup"] <= lat["speedup_high"]
+
+
+def test_dense_kernels_everywhere_report_exactly_one(cli, tmp_path):
+    """A run where no layer runs a sparse kernel: speedup 1.00 with form dense, in
+    results.json, in the run's table and in the comparison table."""
+    results, out = cli([*MEASURED, "inference.kernel=dense"])
+    lat = results["latency"]
+    assert lat["speedup"] == 1.0 and lat["speedup_form"] == "dense"
+    assert all(s["ratio"] == 1.0 and s["form"] == "dense"
+               for b in lat["speedups"].values() for s in b.values())
+    report = tmp_path / "report"
+    run_cli([str(out), "--out", str(report)], cwd=tmp_path, script="prunebench-report")
+    assert "| 1.00x (dense) |" in (report / "comparison.md").read_text()
+    record = json.loads((report / "comparison.json").read_text())[0]
+    assert record["speedup_mean"] == 1.0 and record["speedup_form"] == "dense"
 
 
 def test_measure_false_has_no_latency(cli):

@@ -1,20 +1,33 @@
-"""results.json's `latency`: measured forward time of every form of the final model.
+"""results.json's `latency`: the deployed model's forward time against dense, with its noise.
 
-Forms: `dense` (the trained dense weights), `masked` (the final model as trained: dense
-kernels over zeros), `sparse` (its CSR form, each layer's kernel picked by
-`inference.kernel`, see pruning/sparse.py) and `compact` (the physically smaller model, at
-granularity=neuron). Each is timed at batch 1 and batch 64 on real test inputs, at one thread
-and at the default thread count, with torch.utils.benchmark (warm-up calls, then the
-median of its blocks; a forward lasting a block by itself is timed alone, sparse.time_ms);
-the forms are timed in turn, FORM_REPEATS times, keeping the best, so
-a burst of load on a shared machine hits all forms alike. `auto` picks kernels separately for
-each batch size and thread count, on that setting's inputs.
+Forms: `dense` (the trained dense weights), `masked` (the final model as trained: dense kernels
+over zeros), `sparse` (its CSR form, each layer's kernel picked by `inference.kernel`, see
+pruning/sparse.py) and `compact` (the physically smaller model, at granularity=neuron). Each
+is timed at batch 1 and batch 64 on real test inputs, at one thread and at the default thread
+count. `auto` picks kernels separately for each batch size and thread count.
 
-    latency.forms[form][batch_B][threads_T]   ms
+The speedup is the *deployed* form against dense: the compact model at neuron granularity,
+else the sparse form with the kernels chosen. The masked form is recorded, never a speedup (it
+runs the dense computation: its ratio to dense is noise). When every layer kept its dense
+kernel the deployed form is the dense model itself: the speedup is exactly 1.0, form `dense`,
+and nothing is timed against it.
+
+The forms are timed interleaved (dense, masked, deployed, dense, masked, deployed...) over
+`rounds` rounds, each form's round a block of calls lasting about BLOCK_S, so a burst of load
+on a shared machine hits every form alike (sparse.interleaved); at one thread the clock is the
+thread's CPU time, which leaves out the waits for a core (sparse.clock). The speedup is the
+ratio of the median round times, with a 95% percentile-bootstrap interval over the paired
+rounds (scipy.stats.bootstrap); an interval that contains 1 is not significant. The budget
+scales with the model: SETTING_S of rounds per setting when forwards are short (a 0.1 ms
+forward is measured in well under a second for all four settings), at least ROUNDS[0]
+calls of each form when they are long.
+
+    latency.forms[form][batch_B][threads_T]   median ms per forward over the rounds
     latency.kernels[batch_B][threads_T]       per layer: kernel, density, dense_us, csr_us
-    latency.speedups[batch_B][threads_T]      dense ms / best other form's ms, and that form
-    latency.speedup                           the same at the largest batch and one thread (the most
-                                              repeatable setting on a shared machine)
+    latency.speedups[batch_B][threads_T]      ratio, low, high (95%), significant, form, rounds
+    latency.speedup (+ speedup_low, speedup_high, speedup_significant, speedup_form)
+                                              the same at the largest batch and one thread
+                                              (the most repeatable setting on a shared machine)
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -34,8 +48,10 @@ from prunebench.pruning import sparse
 
 log = logging.getLogger(__name__)
 BATCHES = (1, 64)
-FORM_REPEATS = 2
-FORM_MIN_RUN_S = 0.03
+BLOCK_S = 0.002          # one form's share of a round: enough calls to last this long
+SETTING_S = 0.1          # rounds per setting: as many as fit this budget, within the bounds
+ROUNDS = (7, 21)         # at least and at most this many rounds
+RESAMPLES = 2000         # bootstrap resamples of the paired rounds
 
 
 def run(cfg: DictConfig, model: nn.Module, dense_state: dict, data: Dataset,
@@ -53,10 +69,18 @@ def run(cfg: DictConfig, model: nn.Module, dense_state: dict, data: Dataset,
     device = next(model.parameters()).device
     if device.type == "cuda":  # cuSPARSE through the same addmm (not tested: no GPU here)
         result["cuda"] = measure(model, dense, x, kernel, small, device)
-    log.info("latency: x%.2f faster than dense at %s (%s form, kernel=%s), measured in %.1f s",
-             result["speedup"], result["speedup_at"], result["speedup_form"], kernel,
-             result["measure_s"])
+    log.info("latency: %s at %s (kernel=%s), measured in %.1f s", speedup_text(result),
+             result["speedup_at"], kernel, result["measure_s"])
     return result
+
+
+def speedup_text(result: dict) -> str:
+    """`x2.95 [2.80, 3.10] (sparse form)`, `x1.00 (dense form: ...)` or `... not significant`."""
+    if result["speedup_form"] == "dense":
+        return "x1.00 (dense form: every layer kept its dense kernel)"
+    text = (f"x{result['speedup']:.2f} [{result['speedup_low']:.2f}, "
+            f"{result['speedup_high']:.2f}] ({result['speedup_form']} form)")
+    return text if result["speedup_significant"] else text + ", not significant"
 
 
 def example_batch(x: Tensor, size: int) -> Tensor:
@@ -72,13 +96,11 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
     masked = copy.deepcopy(masked).to(device).eval()
     models = {"dense": dense.to(device).eval(), "masked": masked}
     form, layers = sparse.sparse_form(masked)
-    if kernel != "dense":  # with dense kernels the sparse form is the masked model
-        models["sparse"] = form
     if small is not None:
         models["compact"] = small.to(device).eval()
     x = x.to(device)
     threads = sorted({1, torch.get_num_threads()}) if device.type == "cpu" else [1]
-    forms = {name: {} for name in models}
+    forms: dict[str, dict] = {}
     kernels, speedups = {}, {}
     with steps("latency", len(batch_sizes) * len(threads)) as advance:
         for size in batch_sizes:
@@ -89,28 +111,58 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
             for count in threads:
                 t = f"threads_{count}"
                 kernels[b][t] = sparse.choose(layers, inputs, kernel, count)
-                best = time_forms(models, xb, count)
-                for name, ms in best.items():
-                    forms[name].setdefault(b, {})[t] = ms
-                fastest = min((n for n in models if n != "dense"), key=best.get)
-                speedups[b][t] = {"ratio": best["dense"] / best[fastest], "form": fastest}
+                timed = dict(models)
+                if any(row["kernel"] == "csr" for row in kernels[b][t]):
+                    timed["sparse"] = form  # else it is the masked model: nothing to time
+                rounds = sparse.interleaved(
+                    {n: forward(m, xb) for n, m in timed.items()}, count, BLOCK_S, SETTING_S,
+                    ROUNDS, wall=device.type != "cpu")
+                for name, ms in rounds.items():
+                    forms.setdefault(name, {}).setdefault(b, {})[t] = float(np.median(ms))
+                speedups[b][t] = paired_speedup(rounds, deployed_form(timed))
                 advance(1)
     diffs = sparse.max_diff(masked, form, layers, example_batch(x, max(batch_sizes)))
     at = (f"batch_{max(batch_sizes)}", "threads_1")
     headline = speedups[at[0]][at[1]]
     return {"device": device.type, "kernel": kernel, "batches": list(batch_sizes),
             "threads": threads, "forms": forms, "kernels": kernels, "speedups": speedups,
-            "speedup": headline["ratio"], "speedup_form": headline["form"],
-            "speedup_at": "/".join(at), **diffs,
+            "speedup": headline["ratio"], "speedup_low": headline["low"],
+            "speedup_high": headline["high"], "speedup_significant": headline["significant"],
+            "speedup_form": headline["form"], "speedup_at": "/".join(at), **diffs,
             "measure_s": time.perf_counter() - start}
 
 
-def time_forms(models: dict[str, nn.Module], xb: Tensor, threads: int) -> dict[str, float]:
-    """Each form's best median forward time in ms, the forms timed in turn FORM_REPEATS
-    times (interleaved: a burst of load hits every form alike)."""
-    best = {name: float("inf") for name in models}
-    for _ in range(FORM_REPEATS):
-        for name, m in models.items():
-            best[name] = min(best[name], sparse.time_ms(lambda m=m: m(xb), threads,
-                                                        FORM_MIN_RUN_S))
-    return best
+def deployed_form(timed: dict[str, nn.Module]) -> str:
+    """What a user would run: the compact model, else the sparse form when some layer runs
+    CSR (it is timed only then), else the dense model (the sparse form with dense kernels is
+    the dense computation)."""
+    return next((form for form in ("compact", "sparse") if form in timed), "dense")
+
+
+def forward(model: nn.Module, x: Tensor):
+    """model(x), waited for on CUDA (its kernels run asynchronously)."""
+    if x.device.type != "cuda":
+        return lambda: model(x)
+    return lambda: (model(x), torch.cuda.synchronize(x.device))
+
+
+def paired_speedup(rounds: dict[str, list[float]], form: str) -> dict:
+    """Median dense ms / median `form` ms with a 95% bootstrap interval over the paired
+    rounds; exactly 1 (no interval needed) when the deployed form is the dense model."""
+    count = len(rounds["dense"])
+    if form == "dense":
+        return {"ratio": 1.0, "low": 1.0, "high": 1.0, "significant": False, "form": "dense",
+                "rounds": count}
+    from scipy.stats import bootstrap  # imported here: scipy.stats takes a second to import
+
+    dense, other = np.asarray(rounds["dense"]), np.asarray(rounds[form])
+
+    def ratio(a, b, axis=-1):
+        return np.median(a, axis=axis) / np.median(b, axis=axis)
+
+    interval = bootstrap((dense, other), ratio, paired=True, vectorized=True,
+                         n_resamples=RESAMPLES, method="percentile",
+                         random_state=np.random.default_rng(0)).confidence_interval
+    low, high = float(interval.low), float(interval.high)
+    return {"ratio": float(ratio(dense, other)), "low": low, "high": high,
+            "significant": not low <= 1.0 <= high, "form": form, "rounds": count}

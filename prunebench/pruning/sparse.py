@@ -7,10 +7,12 @@ A Conv2d (groups 1, numeric padding) becomes the same product on its unfolded in
 (im2col: W is out x in*kh*kw, the columns in*kh*kw x batch*positions); a 1x1 convolution
 skips the unfold. Which kernel a layer uses is a switch (`SparseLayer.use_csr`): `choose`
 times both on the layer's real input at the measured batch size and thread count and keeps
-the faster, so `kernel=auto` never makes a layer slower than its dense form by its own
-measurement. Layers denser than MAX_DENSITY are never tried (torch's CSR product is several
-times slower than dense there: LITERATURE.md, "Sparse execution"), so an unpruned model
-always runs its dense kernels.
+CSR only when it measured CSR_MIN_GAIN times faster, so `kernel=auto` never makes a layer
+slower than its dense form by its own measurement, and a layer whose two kernels are even
+stays dense (its 'gain' would be noise, and the model would not be faster). Layers denser
+than MAX_DENSITY are never tried (torch's CSR product is several times slower than dense
+there: LITERATURE.md, "Sparse execution"), so an unpruned model always runs its dense
+kernels.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -29,8 +33,10 @@ from prunebench.pruning.masks import PRUNABLE, prunable_weights
 
 KERNELS = ("auto", "dense", "csr")
 MAX_DENSITY = 0.5      # denser layers keep the dense kernel without being timed
-LAYER_REPEATS = 2      # interleaved dense / csr timings per layer; the best of each kept
-LAYER_MIN_RUN_S = 0.01
+LAYER_BLOCK_S = 0.001  # a layer's kernels timed in interleaved rounds of blocks this long,
+LAYER_BUDGET_S = 0.02  # as many rounds as fit this budget,
+LAYER_ROUNDS = (3, 9)  # within these bounds; the median round of each kernel is compared
+CSR_MIN_GAIN = 1.25    # auto keeps CSR only when dense / csr time is at least this
 CLEAR_LOSS = 3.0       # CSR this many times slower than dense in one call: not timed again
 ROW_CHUNK = 256        # rows per CSR product of a Linear layer (see SparseLayer.linear_forward)
 
@@ -138,27 +144,34 @@ def layer_inputs(form: nn.Module, layers: dict[str, SparseLayer], x: Tensor) -> 
     return seen
 
 
-def time_ms(fn, threads: int | None, min_run_time: float, warmup: int = 2) -> float:
-    """Time of `fn()` in ms after `warmup` calls: the median of torch.utils.benchmark's blocks,
-    or one call when one call lasts `min_run_time` (blocked_autorange would spend one more
-    call sizing its block, then time a single call all the same). A call ten times that long
-    needs one warm-up only (its set-up costs are a small part of it). On a large model this
-    halves the calls, and the minutes, the latency block takes. With warmup=0 the caller
-    has warmed `fn` up: its first call may be the one returned.
-    """
-    # imported here: torch.utils.benchmark pulls in cpp_extension, which warns without CUDA
-    from torch.utils import benchmark
+def clock(threads: int, wall: bool = False) -> Callable[[], float]:
+    """The clock a timing reads. At one thread, the calling thread's CPU time: torch runs a
+    one-thread forward on it, and wall time on a shared machine also counts the waits for a
+    core, which are the other processes' work (under a load of 15 on 2 cores, five wall-time
+    ratios of the same pair of models ranged 1.2x-13.7x, thread CPU time 1.65x-1.84x). At more
+    threads the work is spread over OpenMP's threads, so wall time: noisier when shared."""
+    return time.thread_time if threads == 1 and not wall else time.perf_counter
 
-    limit = min_run_time * 1e3
-    for _ in range(warmup):
-        if once(fn, threads) >= 10 * limit:
-            break
-    took = once(fn, threads)
-    if took >= limit:
-        return took
-    timer = benchmark.Timer("fn()", globals={"fn": fn},
-                            num_threads=threads or torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+def interleaved(fns: dict[str, Callable], threads: int, block_s: float, budget_s: float,
+                rounds: tuple[int, int], wall: bool = False) -> dict[str, list[float]]:
+    """ms per call of each function in each round, the functions timed in turn in a round
+    (a burst of load hits them alike). Each is warmed up (two calls) first; a round calls each
+    the same number of times, enough for the slowest to last `block_s`; as many rounds as fit
+    `budget_s`, within `rounds` (min, max). `wall`: wall time at any thread count (a CUDA
+    forward, whose work is not the calling thread's)."""
+    one = {}
+    for name, fn in fns.items():
+        once(fn, threads, wall)
+        one[name] = once(fn, threads, wall) / 1e3
+    calls = max(1, math.ceil(block_s / max(max(one.values()), 1e-9)))
+    count = min(rounds[1], max(rounds[0], int(budget_s / (calls * sum(one.values()) + 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(count):
+        for name, fn in fns.items():
+            block = once(lambda fn=fn: [fn() for _ in range(calls)], threads, wall)
+            times[name].append(block / calls)
+    return times
 
 
 @torch.no_grad()
@@ -167,7 +180,9 @@ def choose(layers: dict[str, SparseLayer], inputs: dict[str, Tensor], kernel: st
     """Set each layer's kernel; returns per layer {name, density, kernel, dense_us, csr_us}.
 
     auto: dense and CSR timed on the layer's own input (`time_both`); CSR only when it measured
-    faster. Layers above MAX_DENSITY are not timed and keep the dense kernel.
+    CSR_MIN_GAIN times faster (layer timings on a shared machine vary by 10-20% run to run, so
+    a smaller gain would pick kernels at random between identical runs). Layers above
+    MAX_DENSITY are not timed and keep the dense kernel.
     """
     table = []
     for name, layer in layers.items():
@@ -178,39 +193,45 @@ def choose(layers: dict[str, SparseLayer], inputs: dict[str, Tensor], kernel: st
             row["kernel"] = "csr"
         elif kernel == "auto" and layer.density <= MAX_DENSITY:
             row["dense_us"], row["csr_us"] = time_both(layer, x, threads)
-            row["kernel"] = "csr" if row["csr_us"] < row["dense_us"] else "dense"
+            row["kernel"] = "csr" if csr_wins(row["dense_us"], row["csr_us"]) else "dense"
         layer.use_csr = row["kernel"] == "csr"
         table.append(row)
     return table
 
 
+def csr_wins(dense_us: float, csr_us: float) -> bool:
+    return dense_us >= CSR_MIN_GAIN * csr_us
+
+
 def time_both(layer: SparseLayer, x: Tensor, threads: int | None) -> tuple[float, float]:
-    """(dense, csr) times of the layer on `x` in µs: timed in turn, the best of each kept.
+    """(dense, csr) times of the layer on `x` in µs: medians of interleaved rounds.
 
     After a warm-up call of each (a kernel's first call pays its set-up), one call of each
     is timed; a CSR product CLEAR_LOSS times slower than that is not timed again (the usual
     case for convolutions, whose unfold alone costs more than the dense kernel), so hopeless
-    layers cost four calls, not two benchmarks.
+    layers cost four calls, not a timing of rounds.
     """
+    threads = threads or torch.get_num_threads()
     once(lambda: layer.dense(x), threads), once(lambda: layer.sparse_forward(x), threads)
-    dense, csr = [once(lambda: layer.dense(x), threads)], [
-        once(lambda: layer.sparse_forward(x), threads)]
-    if csr[0] < CLEAR_LOSS * dense[0]:
-        for _ in range(LAYER_REPEATS):
-            dense.append(time_ms(lambda: layer.dense(x), threads, LAYER_MIN_RUN_S, warmup=0))
-            csr.append(time_ms(lambda: layer.sparse_forward(x), threads, LAYER_MIN_RUN_S,
-                               warmup=0))
-    return min(dense) * 1e3, min(csr) * 1e3
+    dense, csr = once(lambda: layer.dense(x), threads), once(lambda: layer.sparse_forward(x),
+                                                             threads)
+    if csr >= CLEAR_LOSS * dense:
+        return dense * 1e3, csr * 1e3
+    rounds = interleaved({"dense": lambda: layer.dense(x), "csr": lambda: layer.sparse_forward(x)},
+                         threads, LAYER_BLOCK_S, LAYER_BUDGET_S, LAYER_ROUNDS)
+    return float(np.median(rounds["dense"])) * 1e3, float(np.median(rounds["csr"])) * 1e3
 
 
-def once(fn, threads: int | None) -> float:
-    """Time of one call in ms, at `threads` threads."""
+def once(fn, threads: int | None, wall: bool = False) -> float:
+    """Time of one call in ms at `threads` threads, on `clock(threads, wall)`."""
     kept = torch.get_num_threads()
-    torch.set_num_threads(threads or kept)
+    threads = threads or kept
+    torch.set_num_threads(threads)
+    now = clock(threads, wall)
     try:
-        start = time.perf_counter()
+        start = now()
         fn()
-        return (time.perf_counter() - start) * 1e3
+        return (now() - start) * 1e3
     finally:
         torch.set_num_threads(kept)
 

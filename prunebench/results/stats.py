@@ -22,7 +22,7 @@ KEY = ("model", "dataset", "strategy", "variant", "granularity", "scope", "sched
 MATCH = ("model", "dataset", "schedule", "target", "settings")
 METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "compression",
            "nonzero", "params", "flops", "effective_flops", "latency_ms", "dense_latency_ms",
-           "speedup", "forward_ms",
+           "speedup", "speedup_low", "speedup_high", "forward_ms",
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",
            "random_pruned_acc", "random_final_acc", "gain_vs_random",
            "shuffled_final_acc", "reinit_final_acc", "pruned_before_bn_acc",
@@ -100,6 +100,7 @@ def _summarize(members: list[dict], keys: tuple[str, ...]) -> dict:
     if len(set(seeds)) < len(seeds):
         flags.append("repeated seeds")
     row["flags"] = "; ".join(flags)
+    row |= _speed_forms(members)
     # what the group is judged by: final accuracy, or final perplexity for language models
     judged = "final_ppl" if any(m.get("final_ppl") is not None for m in members) \
         else "final_acc"
@@ -111,6 +112,17 @@ def _summarize(members: list[dict], keys: tuple[str, ...]) -> dict:
         row[f"{control}_p_mean"] = p
     row["_budget"] = {b: _hashable(first.get(b)) for b in BUDGET}
     return row
+
+
+def _speed_forms(members: list[dict]) -> dict:
+    """The deployed forms the group's speedups were measured on, and whether every one of
+    them was significant (None: no run measured one)."""
+    measured = [m for m in members if m.get("speedup") is not None]
+    forms = sorted({str(m.get("speedup_form")) for m in measured})
+    significant = [m.get("speedup_significant") for m in measured
+                   if m.get("speedup_form") != "dense"]
+    return {"speedup_form": ",".join(forms) or None,
+            "speedup_significant": all(significant) if significant else None}
 
 
 def _compare(out: list[dict], groups: dict, keys: tuple[str, ...], baseline: str) -> None:

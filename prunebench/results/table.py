@@ -49,7 +49,7 @@ ALWAYS = [
     ("nonzero", "nonzero", "{:,.0f}"),
     ("flops", "dense MACs", "{:.3g}"),
     ("effective_flops", "eff. MACs", "{:.3g}"),
-    ("speedup", "speedup", "{:.2f}x"),  # measured: dense ms / fastest form's ms (latency.py)
+    ("speedup", "speedup", "{:.2f}x"),  # measured: dense / deployed form's ms (latency.py)
     ("prune_s", "prune s", "{:.2f}"),
     ("prune_peak_mb", "prune peak MB", "{:.1f}"),
     ("finetune_epochs", "ft epochs", "{:.0f}"),
@@ -181,14 +181,22 @@ def _latency(compact, which: str):
 
 
 def measured_speed(latency) -> dict:
-    """`speedup` and the fastest form's forward ms at the setting it was taken (latency.py)."""
-    speedup = _get(latency or {}, "speedup")
-    batch, _, threads = str(_get(latency or {}, "speedup_at", default="")).partition("/")
-    form = _get(latency or {}, "forms", _get(latency or {}, "speedup_form", default=""), batch,
-                threads)
+    """The deployed form's speedup against dense with its 95% interval, and that form's
+    forward ms, at the setting it was taken (latency.py); None where a run measured none."""
+    latency = latency or {}
+    batch, _, threads = str(latency.get("speedup_at", "")).partition("/")
+    form = latency.get("speedup_form")
     number = (int, float)
-    return {"speedup": speedup if isinstance(speedup, number) else None,
-            "forward_ms": form if isinstance(form, number) else None}
+
+    def measured(key):
+        value = latency.get(key)
+        return value if isinstance(value, number) and not isinstance(value, bool) else None
+
+    ms = _get(latency, "forms", form or "", batch, threads)
+    return {"speedup": measured("speedup"), "speedup_low": measured("speedup_low"),
+            "speedup_high": measured("speedup_high"), "speedup_form": form,
+            "speedup_significant": latency.get("speedup_significant"),
+            "forward_ms": ms if isinstance(ms, number) else None}
 
 
 def _flatten(cfg, prefix: str = "") -> dict:
@@ -291,7 +299,8 @@ def key_columns(groups: list[dict]) -> list[str]:
 
 
 _NON_KEY = {"status", "n", "seeds", "run", "error", "flags", "baseline", "diff_vs_baseline",
-            "p_value", "pairs", "_per_seed", "_budget", "_judged"} | {
+            "p_value", "pairs", "_per_seed", "_budget", "_judged", "speedup_form",
+            "speedup_significant"} | {
     f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "ci95")}
 
 
@@ -321,9 +330,25 @@ def _fmt(value, fmt: str) -> str:
 def cell(g: dict, metric: str, fmt: str) -> str:
     mean, std = g.get(f"{metric}_mean"), g.get(f"{metric}_std")
     text = _fmt(mean, fmt)
+    if metric == "speedup" and text:
+        return speedup_cell(g, text, fmt)
     if text and _finite(std):
         text += " ± " + _fmt(std, fmt.replace("+", ""))
     return text
+
+
+def speedup_cell(g: dict, text: str, fmt: str) -> str:
+    """`1.00x (dense)` when no layer left its dense kernel; one run's speedup with its 95%
+    interval, several runs' mean ± std; `n.s.` when a run's interval contains 1."""
+    if g.get("speedup_form") == "dense":
+        return text + " (dense)"
+    low, high = g.get("speedup_low_mean"), g.get("speedup_high_mean")
+    if g.get("n") == 1 and _finite(low) and _finite(high):
+        bare = fmt.rstrip("x")
+        text += f" [{_fmt(low, bare)}, {_fmt(high, bare)}]"
+    elif _finite(g.get("speedup_std")):
+        text += " ± " + _fmt(g["speedup_std"], fmt)
+    return text + (" n.s." if g.get("speedup_significant") is False else "")
 
 
 def versus(g: dict) -> str:
@@ -361,8 +386,8 @@ def markdown(groups: list[dict]) -> str:
 
 def records(groups: list[dict]) -> list[dict]:
     """Plain records for CSV/JSON: every key, mean/std/ci95 of every metric, the test."""
-    tail = ["baseline", "pairs", "diff_vs_baseline", "p_value", "flags", "seeds", "run",
-            "error"]
+    tail = ["speedup_form", "speedup_significant", "baseline", "pairs", "diff_vs_baseline",
+            "p_value", "flags", "seeds", "run", "error"]
     out = []
     for g in groups:
         keys = [k for k in g if k not in _NON_KEY]
@@ -457,10 +482,15 @@ def show_run(results: dict) -> None:
     seconds = {"dense": timing.get("train_s"), "pruned": timing.get("prune_s"),
                "final": timing.get("finetune_s")}
     latency = results.get("latency") or {}
-    speed = measured_speed(latency)["speedup"]
-    table = Table(title=f"prunebench: {results.get('status')}", caption=None if speed is None else
-                  f"speedup x{speed:.2f} vs dense ({latency.get('speedup_form')} form, "
-                  f"{latency.get('speedup_at')})")
+    speed = measured_speed(latency)
+    one = {"n": 1, **{k: speed[k] for k in ("speedup_form", "speedup_significant")},
+           **{f"{k}_mean": speed[k] for k in ("speedup_low", "speedup_high")}}
+    caption = None
+    if speed["speedup"] is not None:
+        text = speedup_cell(one, f"{speed['speedup']:.2f}x", "{:.2f}")
+        caption = (f"speedup vs dense {text} ({speed['speedup_form']} form, "
+                   f"{latency.get('speedup_at')})")
+    table = Table(title=f"prunebench: {results.get('status')}", caption=caption)
     judged = "perplexity" if "perplexity" in (results.get("dense") or {}) else "accuracy"
     for header in ("phase", judged, "loss", "sparsity", "nonzero / params", "time s"):
         table.add_column(header, justify="left" if header == "phase" else "right")
