@@ -83,7 +83,10 @@ def strategy_configs(args, batches: int) -> list[tuple[str, object]]:
         keys = [o for o in common if o.split("=")[0].split(".")[1] in cfg.strategy
                 and o.split("=")[0] not in " ".join(overrides)]
         with initialize_config_module("prunebench.conf", version_base="1.3"):
-            cfg = compose("config", overrides=overrides + keys + ["strategy.amount=0.9",
+            # an N:M pattern takes only amount N/M (config/checks.py): 2:4 runs at 0.5
+            amount = "0.5" if any(o.startswith("strategy.pattern=2:4") for o in overrides) \
+                else "0.9"
+            cfg = compose("config", overrides=overrides + keys + [f"strategy.amount={amount}",
                                                                     "strategy.threshold=null"])
         out.append((label, cfg))
     return out

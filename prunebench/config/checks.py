@@ -87,6 +87,18 @@ def check(cfg: DictConfig) -> None:
     check_strategy(cfg)
 
 
+def check_pattern_amount(pattern: tuple[int, int], amount: float) -> None:
+    """N:M removes exactly N of every M weights: an amount that says otherwise is refused, not
+    silently capped (amount=0.9 with 2:4 used to give 0.5). A rounded N/M (0.33 for 1:3)
+    passes; an iterative schedule's smaller steps toward it are not this key."""
+    n, m = pattern
+    if abs(amount - n / m) > 0.005:
+        raise ConfigError(f"strategy.amount={amount} contradicts strategy.pattern={n}:{m}, "
+                          f"which removes exactly {n} of every {m} weights (sparsity "
+                          f"{n / m:.4g}): set strategy.amount={n / m:.4g}, or "
+                          f"another pattern")
+
+
 def check_strategy(cfg: DictConfig) -> None:
     from prunebench import build  # build imports this module
 
@@ -107,7 +119,9 @@ def check_strategy(cfg: DictConfig) -> None:
     if problem:
         raise ConfigError(problem)
     try:
-        parse_pattern(_get(cfg, "strategy.pattern"))
+        pattern = parse_pattern(_get(cfg, "strategy.pattern"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if pattern is not None and amount is not None:
+        check_pattern_amount(pattern, amount)
     build.strategy(cfg)  # the strategy's constructor checks its own keys

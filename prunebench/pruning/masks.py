@@ -19,15 +19,25 @@ def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str,
 
     Layers left dense are skipped: those matching a pattern of `exclude` (strategy.exclude)
     or of the model's own `dense_by_default` (a class attribute, e.g. `("lm_head.*",)`).
+    A weight tensor shared by several layers (tied weights) is one entry, under its first
+    layer's name, counted and pruned once; it stays dense if any of its layers is left dense.
     """
     dense = dense_patterns(model, exclude)
-    return {weight: module.weight for weight, module in _layers(model).items()
-            if not is_dense(weight, dense)}
+    return {names[0]: weight for names, weight in shared_layers(model)
+            if not any(is_dense(name, dense) for name in names)}
 
 
-def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {f"{name}.weight" if name else "weight": module
-            for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+def shared_layers(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
+    """([weight names], weight) of each distinct prunable weight tensor, by identity: a tensor
+    that several layers share has all their names, the first one first."""
+    by_tensor: dict[int, tuple[list[str], nn.Parameter]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, PRUNABLE):
+            weight = f"{name}.weight" if name else "weight"
+            names, _ = by_tensor.setdefault(id(module.weight), ([], module.weight))
+            if weight not in names:
+                names.append(weight)
+    return list(by_tensor.values())
 
 
 def dense_patterns(model: nn.Module, exclude: Iterable[str] = ()) -> list[re.Pattern]:
@@ -116,22 +126,33 @@ class Masks:
 
 
 def sparsity_report(model: nn.Module, exclude: Iterable[str] = ()) -> dict:
-    """Counts read off the weights themselves (not the masks), so they are the truth.
+    """Counts read off the weights themselves (not the masks), so they are the truth. Each
+    tensor is counted once, however many layers share it.
 
-    `params` / `nonzero` / `sparsity` count the prunable weights (layers left dense are not
-    among them); `total_*` count every parameter.
+    Three denominators (docs/results.md):
+    - `params` / `nonzero` / `sparsity`: the weights this run may prune, i.e. the prunable
+      weights less the layers `exclude` leaves dense; `strategy.amount` is a fraction of these;
+    - `all_prunable`: {params, nonzero, sparsity} over every prunable weight, `exclude` or not,
+      so runs with and without `strategy.exclude` compare on it (equal to the above without it);
+    - `total_params` / `total_nonzero`: every parameter (biases, norms, embeddings too).
+    `layers` lists the weights this run may prune (`shared_with`: the other layers using it).
     """
-    layers = []
-    for name, w in prunable_weights(model, exclude).items():
-        layers.append({"name": name, "params": w.numel(), "nonzero": int(torch.count_nonzero(w))})
-    params = sum(layer["params"] for layer in layers)
-    nonzero = sum(layer["nonzero"] for layer in layers)
-    all_params = list(model.parameters())
+    shared = {names[0]: names[1:] for names, _ in shared_layers(model) if len(names) > 1}
+    layers = [{"name": name, "params": w.numel(), "nonzero": int(torch.count_nonzero(w)),
+               **({"shared_with": shared[name]} if name in shared else {})}
+              for name, w in prunable_weights(model, exclude).items()]
+    every = prunable_weights(model)
+    all_params = list(model.parameters())  # named_parameters counts a shared tensor once
     return {
-        "params": params,
-        "nonzero": nonzero,
-        "sparsity": 1.0 - nonzero / params if params else 0.0,
+        **_counts([layer["params"] for layer in layers], [layer["nonzero"] for layer in layers]),
+        "all_prunable": _counts([w.numel() for w in every.values()],
+                                [int(torch.count_nonzero(w)) for w in every.values()]),
         "total_params": sum(p.numel() for p in all_params),
         "total_nonzero": sum(int(torch.count_nonzero(p)) for p in all_params),
         "layers": layers,
     }
+
+
+def _counts(params: list[int], nonzero: list[int]) -> dict:
+    total, kept = sum(params), sum(nonzero)
+    return {"params": total, "nonzero": kept, "sparsity": 1.0 - kept / total if total else 0.0}

@@ -226,19 +226,34 @@ def layer_sparsity(rows: list[dict], groups: list[dict], model, dataset, path: P
 
 
 def write_all(rows: list[dict], groups: list[dict], out_dir: str | Path) -> list[Path]:
-    """Every plot for every (model, dataset) among the groups; returns the PNGs written."""
-    out_dir, written = Path(out_dir), []
+    """Every plot for every (model, dataset) among the groups; returns the PNGs written.
+
+    Names in titles and legends come from results.json files and are drawn as they are: `$`
+    starts no mathtext, which a malformed name would turn into an exception.
+    """
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _write_all(rows, groups, Path(out_dir))
+
+
+def _write_all(rows: list[dict], groups: list[dict], out_dir: Path) -> list[Path]:
+    written = []
     pairs = sorted({(g.get("model"), g.get("dataset")) for g in groups if g["status"] == "ok"},
                    key=str)
     for model, dataset in pairs:
         mine = [g for g in groups if g["status"] == "ok" and g.get("model") == model
                 and g.get("dataset") == dataset]
         my_rows = [r for r in rows if r.get("model") == model and r.get("dataset") == dataset]
-        stem = f"{model}_{dataset}"
+        # the names come from results.json files, which may be anyone's: a file-name part
+        # that cannot leave out_dir (files.safe_name), and checked once more
+        stem = files.safe_name(f"{model}_{dataset}")
+
+        def png(kind: str, stem: str = stem) -> Path:
+            return files.inside(out_dir, f"{kind}_{stem}.png")
+
         written += [
-            accuracy_vs_sparsity(mine, model, dataset, out_dir / f"accuracy_sparsity_{stem}.png"),
-            accuracy_vs_flops(mine, model, dataset, out_dir / f"accuracy_flops_{stem}.png"),
-            accuracy_vs_latency(mine, model, dataset, out_dir / f"accuracy_latency_{stem}.png"),
-            layer_sparsity(my_rows, mine, model, dataset, out_dir / f"layer_sparsity_{stem}.png"),
+            accuracy_vs_sparsity(mine, model, dataset, png("accuracy_sparsity")),
+            accuracy_vs_flops(mine, model, dataset, png("accuracy_flops")),
+            accuracy_vs_latency(mine, model, dataset, png("accuracy_latency")),
+            layer_sparsity(my_rows, mine, model, dataset, png("layer_sparsity")),
         ]
     return [p for p in written if p is not None]

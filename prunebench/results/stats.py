@@ -20,7 +20,8 @@ from scipy import stats as sps
 KEY = ("model", "dataset", "strategy", "variant", "granularity", "scope", "schedule", "target")
 # the baseline is matched on these (strategy, variant, granularity, scope may differ)
 MATCH = ("model", "dataset", "schedule", "target", "settings")
-METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "compression",
+METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "sparsity_all",
+           "compression",
            "nonzero", "params", "flops", "effective_flops", "latency_ms", "dense_latency_ms",
            "speedup", "speedup_low", "speedup_high", "forward_ms",
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",

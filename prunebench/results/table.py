@@ -44,7 +44,7 @@ ALWAYS = [
     ("pruned_acc", "pruned acc", "{:.4f}"),
     ("final_acc", "final acc", "{:.4f}"),
     ("delta_acc", "Δ vs dense", "{:+.4f}"),
-    ("sparsity", "sparsity", "{:.4f}"),
+    ("sparsity", "sparsity", "{:.4f}"),  # over the weights the run may prune (not excluded)
     ("compression", "compression", "{:.1f}x"),
     ("nonzero", "nonzero", "{:,.0f}"),
     ("flops", "dense MACs", "{:.3g}"),
@@ -55,6 +55,7 @@ ALWAYS = [
     ("finetune_epochs", "ft epochs", "{:.0f}"),
     ("finetune_steps", "ft steps", "{:.0f}"),
 ]
+SPARSITY = ALWAYS[4]
 # language models are judged by test perplexity (lower is better) instead of accuracy
 PERPLEXITY = [
     ("dense_ppl", "dense ppl", "{:.3f}"),
@@ -79,7 +80,8 @@ OPTIONAL = [
     ("grad_max", "max grad norm", "{:.3g}"),
     ("clipped", "clipped frac", "{:.3f}"),
 ]
-TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "random_final_acc",
+TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "sparsity_all",
+            "random_final_acc",
             "random_final_ppl", "shuffled_final_acc", "shuffled_p", "reinit_final_acc", "reinit_p",
             "effective_flops", "speedup", "latency_ms", "prune_s", "prune_peak_mb",
             "finetune_epochs")
@@ -132,6 +134,7 @@ def row(results: dict, run: str) -> dict:
         "delta_ppl": _diff(final_ppl, dense_ppl),
         "random_final_ppl": _get(results, "baseline", "final", "perplexity"),
         "sparsity": sparsity,
+        "sparsity_all": sparsity_over_all_prunable(results),
         "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
         "nonzero": final.get("nonzero"),
         "params": final.get("params"),
@@ -158,6 +161,17 @@ def row(results: dict, run: str) -> dict:
         "_config": _flatten(cfg),
         "_layers": final.get("layers") or [],
     }
+
+
+def sparsity_over_all_prunable(results: dict):
+    """Final sparsity over every prunable weight, strategy.exclude or not (masks.py's
+    `all_prunable`), so runs with and without exclude compare. A results.json from before
+    that figure has only `sparsity`, which is the same thing unless it excluded layers."""
+    final = results.get("final") or {}
+    recorded = _get(final, "all_prunable", "sparsity")
+    if recorded is not None or _get(results, "config", "strategy", "exclude"):
+        return recorded
+    return final.get("sparsity")
 
 
 def gradient_health(gradients: dict) -> dict:
@@ -310,10 +324,16 @@ def metric_columns(groups: list[dict]) -> list[tuple[str, str, str]]:
     def filled(metric: str) -> bool:
         return any(_finite(g.get(f"{metric}_mean")) for g in groups)
 
-    judged = ALWAYS
+    judged = list(ALWAYS)
     if filled("final_ppl") or filled("dense_ppl"):
         accuracy = ALWAYS[:4] if filled("final_acc") or filled("dense_acc") else []
         judged = PERPLEXITY + accuracy + ALWAYS[4:]
+    if any(_finite(g.get("sparsity_all_mean")) and g["sparsity_all_mean"] != g.get(
+            "sparsity_mean") for g in groups):
+        # some run left layers dense (strategy.exclude): its sparsity counts only the weights
+        # it could prune; this column counts every prunable weight, as a run without exclude
+        at = judged.index(SPARSITY) + 1
+        judged[at:at] = [("sparsity_all", "sparsity, all prunable", "{:.4f}")]
     return judged + [c for c in OPTIONAL if filled(c[0])]
 
 

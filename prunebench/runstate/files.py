@@ -7,8 +7,10 @@ what a killed write left behind (runstate/folder.py) never touches a user's own 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +29,27 @@ def temporary(path: Path) -> tuple[int, str]:
 def is_temporary(path: Path) -> bool:
     """Whether `path` is one of our temporary files (a user's `.notes.tmp` is not)."""
     return path.name.startswith(TMP_PREFIX) and path.name.endswith(".tmp")
+
+
+def safe_name(text: object, limit: int = 80) -> str:
+    """`text` (a name read from data: a model's or dataset's name in a results.json) as one
+    file-name part that cannot leave its folder: letters, digits and `_.+-` only, no leading
+    dot, at most `limit` characters. A name that had to change ends with 8 hex digits of the
+    original's SHA-256, so two different names never share a file."""
+    text = str(text)
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).lstrip(".")[:limit] or "_"
+    if name == text:
+        return name
+    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def inside(folder: str | Path, name: str) -> Path:
+    """folder/name, refused (ValueError) if it would resolve outside `folder`."""
+    folder = Path(folder)
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(f"{name!r} is not a file name inside {folder}")
+    return path
 
 
 def _atomic(path: Path, write) -> None:
