@@ -18,7 +18,7 @@ from prunebench import build
 from prunebench.config import checks, inputs
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, latency, macs, recovery
-from prunebench.pruning.masks import prunable_weights
+from prunebench.pruning.masks import check_exclude, prunable_weights
 from prunebench.pruning.session import Session
 from prunebench.results import emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume
@@ -145,7 +145,9 @@ def setup(cfg: DictConfig) -> tuple:
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
     strategy = build.strategy(cfg)
-    # a layer the criterion cannot prune stops the run here, before any training
+    # a layer the criterion cannot prune, or an exclude pattern naming no layer, stops the
+    # run here, before any training
+    check_exclude(model, strategy.exclude)
     strategy.check_model(model, prunable_weights(model, strategy.exclude))
     if strategy.granularity == "neuron":  # and so does a model whose units cannot be traced
         from prunebench.data import batches

@@ -167,6 +167,8 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from prunebench.runstate import files
+
     metric = meta["metric"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for layer in dict.fromkeys(r["layer"] for r in rows):
@@ -182,10 +184,8 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    files._atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))  # our temporary name
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -217,6 +217,19 @@ def test_a_pattern_with_an_amount_it_cannot_give_is_refused_and_recorded(tmp_pat
     assert "failed" in (sweep / "comparison.md").read_text()
 
 
+@pytest.mark.parametrize("args, line", [
+    (["strategy.amount=null", "strategy.threshold=0.01", "strategy.allocation=erk"],
+     "strategy.allocation=erk divides strategy.amount among the layers"),
+    (["strategy.pattern=2:4", "strategy.amount=0.5", "strategy.allocation=lamp"],
+     "strategy.allocation=lamp contradicts strategy.pattern=2:4")])
+def test_an_allocation_with_nothing_to_divide_is_refused(tmp_path, args, line):
+    """Keys that used to override each other silently: the selection went on without the
+    allocation while results.json's `allocation.name` said it was used."""
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False)
+    assert line in one_error_line(proc)
+    assert not (tmp_path / "r").exists()
+
+
 # --- strategy.exclude and the sparsity denominators --------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -263,6 +276,17 @@ def test_exclude_reports_both_denominators_and_the_table_compares_them(
     assert "sparsity, all prunable" in (root / "report" / "comparison.md").read_text()
 
 
+def test_an_exclude_pattern_that_names_no_layer_is_refused(tmp_path):
+    """A typo in strategy.exclude used to prune every layer while the config said one was
+    kept dense."""
+    proc = run_cli([*TINY, "strategy.exclude=[clasifier]", f"hydra.run.dir={tmp_path / 'r'}"],
+                   cwd=tmp_path, check=False)
+    line = one_error_line(proc)
+    assert "strategy.exclude: 'clasifier' matches no Linear or Conv layer" in line
+    assert "(its layers: 1, 3)" in line
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained
+
+
 # --- names from results.json never leave the report's folder ----------------------------------
 
 @pytest.mark.parametrize("model_name, dataset_name", [
@@ -287,3 +311,5 @@ def test_report_plots_stay_in_out_whatever_the_names(with_and_without_exclude, t
     assert len(plots) == 3 and all(p.startswith("accuracy_") or p.startswith("layer_")
                                    for p in plots), plots
     assert all(str(p) in proc.stderr for p in out.glob("*.png"))
+    table = (out / "comparison.md").read_text().splitlines()
+    assert len(table) == 3 and all(line.startswith("|") for line in table)  # one row

@@ -99,6 +99,21 @@ def check_pattern_amount(pattern: tuple[int, int], amount: float) -> None:
                           f"another pattern")
 
 
+def check_allocation_target(name: str | None, amount, pattern) -> None:
+    """erk, lamp and owl divide `strategy.amount` among the layers: with a threshold (no
+    amount) or an N:M pattern (every layer at N/M) there is nothing for them to divide, and
+    the selection used to go on without them while results.json named them."""
+    if name not in ("erk", "lamp", "owl"):
+        return
+    if pattern is not None:
+        raise ConfigError(f"strategy.allocation={name} contradicts strategy.pattern="
+                          f"{pattern[0]}:{pattern[1]}, which gives every layer the same "
+                          f"sparsity: set one")
+    if amount is None:
+        raise ConfigError(f"strategy.allocation={name} divides strategy.amount among "
+                          f"the layers: set strategy.amount (a threshold is not divided)")
+
+
 def check_strategy(cfg: DictConfig) -> None:
     from prunebench import build  # build imports this module
 
@@ -124,4 +139,5 @@ def check_strategy(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
     if pattern is not None and amount is not None:
         check_pattern_amount(pattern, amount)
+    check_allocation_target(_get(cfg, "strategy.allocation"), amount, pattern)
     build.strategy(cfg)  # the strategy's constructor checks its own keys

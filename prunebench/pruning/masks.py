@@ -40,6 +40,20 @@ def shared_layers(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
     return list(by_tensor.values())
 
 
+def check_exclude(model: nn.Module, exclude: Iterable[str]) -> None:
+    """Raise ConfigError on a `strategy.exclude` pattern that matches no Linear or Conv layer:
+    a typo there would leave every layer pruned while the config says one was kept dense."""
+    from prunebench.config.errors import ConfigError
+
+    names = [name for names, _ in shared_layers(model) for name in names]
+    for pattern in exclude:
+        if not any(is_dense(name, [re.compile(pattern)]) for name in names):
+            shown = ", ".join(n.removesuffix(".weight") for n in names[:8])
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            raise ConfigError(f"strategy.exclude: {pattern!r} matches no Linear or Conv layer "
+                              f"of the model (its layers: {shown}{more})")
+
+
 def dense_patterns(model: nn.Module, exclude: Iterable[str] = ()) -> list[re.Pattern]:
     """Compiled patterns of layers left dense: the run's `exclude` and the model's own."""
     return [re.compile(p) for p in (*exclude, *getattr(model, "dense_by_default", ()))]

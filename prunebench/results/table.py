@@ -400,7 +400,9 @@ def markdown(groups: list[dict]) -> str:
         cells = [key_text(g, k) for k in keys] + [str(g["status"]), str(g["n"])]
         cells += [cell(g, m, f) for m, _, f in metrics]
         cells += [versus(g), "; ".join(filter(None, [g.get("flags"), g.get("error")]))]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        # names come from results.json: a `|` or a line break must not end the row
+        lines.append("| " + " | ".join(" ".join(c.replace("|", "\\|").splitlines())
+                                       for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
