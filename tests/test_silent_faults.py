@@ -14,6 +14,7 @@ import torch
 from conftest import run_cli
 from torch import nn
 
+from prunebench.config.errors import ConfigError
 from prunebench.data import digits
 from prunebench.models.mlp import MLP
 
@@ -84,7 +85,8 @@ def test_two_wrapped_models_are_refused_in_one_line_and_a_key_chooses(
                       cwd=tmp_path, check=False)
     line = one_error_line(refused)
     assert f"dense.checkpoint={path} is ambiguous" in line
-    assert "'net.' and 'teacher.'" in line and "dense.checkpoint_prefix=net" in line
+    assert "under 'net.' and 'teacher.' each fit" in line
+    assert "dense.checkpoint_prefix=net (or teacher)" in line
     for chosen in ("teacher", "net"):
         results, out = cli([*TINY, f"dense.checkpoint={path}",
                             f"dense.checkpoint_prefix={chosen}", "strategy.amount=0.5"],
@@ -122,6 +124,15 @@ def test_a_teacher_of_another_shape_is_not_ambiguous(student_and_teacher, tmp_pa
     model = MLP((1, 8, 8), 10, hidden=(16,))
     checkpoint.dense_entry(wider, model)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["net"].items())
+    # the names as stored fit too, beside an `ema.` copy: ambiguous, '' chooses them
+    both = tmp_path / "with_ema.pt"
+    torch.save(weights["net"] | {f"ema.{k}": v for k, v in weights["teacher"].items()}, both)
+    with pytest.raises(ConfigError, match="the names as stored and 'ema.' each fit"):
+        checkpoint.dense_entry(both, MLP((1, 8, 8), 10, hidden=(16,)))
+    for prefix, chosen in (("", "net"), ("ema", "teacher")):
+        model = MLP((1, 8, 8), 10, hidden=(16,))
+        checkpoint.dense_entry(both, model, prefix=prefix)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in weights[chosen].items())
 
 
 # --- two layers sharing one weight tensor --------------------------------------------------------

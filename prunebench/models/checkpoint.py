@@ -86,7 +86,7 @@ def match_to(state: dict[str, Tensor], model: nn.Module, path: Path,
     if prefix is None:
         state = _without_wrapper_prefix(state, expected, path)
     else:
-        state = _under_prefix(state, prefix, path)
+        state = _under_prefix(state, prefix, path, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -105,12 +105,13 @@ def match_to(state: dict[str, Tensor], model: nn.Module, path: Path,
     raise ConfigError(f"dense.checkpoint={path} does not fit model: {first}; {counts}")
 
 
-def _under_prefix(state: dict[str, Tensor], prefix: str, path: Path) -> dict[str, Tensor]:
-    """The entries under `prefix` (dense.checkpoint_prefix), renamed without it; '' keeps the
-    names as stored."""
+def _under_prefix(state: dict[str, Tensor], prefix: str, path: Path,
+                  expected: dict) -> dict[str, Tensor]:
+    """The entries under `prefix` (dense.checkpoint_prefix), renamed without it; '' takes the
+    names as stored. Other entries (another wrapped model's) go."""
     head = prefix.removesuffix(".")
     if not head:
-        return state
+        return {k: v for k, v in state.items() if k in expected}
     inner = {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
     if not inner:
         raise ConfigError(f"dense.checkpoint_prefix={prefix}: no weights under {head + '.'!r} "
@@ -143,7 +144,10 @@ def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict,
         return state
     inner = {head: {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(head + ".")}
              for head in _heads(state)}
-    fitting = [head for head, entries in inner.items() if _fits(entries, expected)]
+    # the names as stored (prefix '') are a candidate too: an `ema.` copy beside them is
+    # as ambiguous as a teacher
+    fitting = [""] * _fits(state, expected) + [
+        head for head, entries in inner.items() if _fits(entries, expected)]
     if not fitting:
         matches = {head: len(entries.keys() & expected.keys()) for head, entries in inner.items()}
         best = max(matches.values(), default=0)
@@ -151,10 +155,14 @@ def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict,
             return state
         fitting = [head for head, n in matches.items() if n == best]
     if len(fitting) > 1:
-        names = " and ".join(f"{h + '.'!r}" for h in fitting)
-        raise ConfigError(f"dense.checkpoint={path} is ambiguous: the weights under {names} "
-                          f"both fit the model; choose with dense.checkpoint_prefix="
-                          f"{fitting[0]} (or {', '.join(fitting[1:])})")
+        names = [f"{h + '.'!r}" if h else "the names as stored" for h in fitting]
+        choices = [h or "''" for h in fitting]
+        raise ConfigError(f"dense.checkpoint={path} is ambiguous: the weights under "
+                          f"{', '.join(names[:-1])} and {names[-1]} each fit the model; "
+                          f"choose with dense.checkpoint_prefix={choices[0]} (or "
+                          f"{', '.join(choices[1:])})")
+    if fitting == [""]:
+        return state  # match_to names the entries the model does not have
     head = fitting[0]
     log.info("dense.checkpoint: using the weights under %r (%d of %d entries)", head + ".",
              len(inner[head]), len(state))
