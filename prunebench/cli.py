@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from prunebench import ranks
 from prunebench.config import messages
 from prunebench.config.schema import GROUPS  # importing prunebench registers the config schema
 
@@ -52,12 +53,15 @@ def main() -> None:
     message = check_choices(sys.argv[1:]) or messages.missing_search_path(sys.argv[1:])
     if message:
         sys.exit(f"prunebench: error: {message}")
+    if ranks.launched():  # torchrun: join the ranks, agree on one run folder
+        sys.argv[1:] = rank_arguments(sys.argv[1:])
     # Hydra prints its composition errors over many lines and exits; with HYDRA_FULL_ERROR
     # they reach us instead, to be condensed to one (unless the user asked for them whole)
     condense = "HYDRA_FULL_ERROR" not in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
+        close_ranks()
     except KeyboardInterrupt:  # die by SIGINT, as shells and schedulers expect
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -67,6 +71,34 @@ def main() -> None:
         sys.exit(f"prunebench: error: {messages.condense(err)}")
 
 
+def rank_arguments(args: list[str]) -> list[str]:
+    """The command line of this rank: the run folder rank 0 names (Hydra's ${now:...} read
+    from rank 0's clock), and on the other ranks no .hydra copy and errors-only logging."""
+    from datetime import datetime
+
+    from prunebench import distributed  # torch loads here, in a distributed run only
+
+    distributed.init()
+    now = datetime.fromisoformat(distributed.broadcast_object(datetime.now().isoformat()))
+    given = [a for a in args if a.startswith("hydra.run.dir=")]
+    pattern = (given[-1].partition("=")[2] if given
+               else str(OmegaConf.load(resources.files("prunebench.conf") / "config.yaml")
+                        .hydra.run._get_node("dir")._value()))
+    run_dir = re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), pattern)
+    args = [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    if distributed.rank() != 0:
+        args += ["hydra.output_subdir=null", "hydra.job_logging.root.level=ERROR",
+                 "hydra.job_logging.root.handlers=[console]"]
+    return args
+
+
+def close_ranks() -> None:
+    if ranks.launched():
+        from prunebench import distributed
+
+        distributed.close()
+
+
 _task_started = False  # an error after this is the task's own, not a composition error
 
 
@@ -74,7 +106,7 @@ _task_started = False  # an error after this is the task's own, not a compositio
 def task(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweep composes per job
-    from prunebench import runner  # torch loads here, after Hydra parsed the line
+    from prunebench import distributed, runner  # torch loads here, after Hydra parsed the line
     from prunebench.config.checks import ConfigError
     from prunebench.models import own
     from prunebench.results import objective, table
@@ -86,8 +118,9 @@ def task(cfg: DictConfig) -> float | None:
     own.replace_default_model(cfg, list(hydra_cfg.overrides.task))  # model._target_=yours
     # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
     # the sweep; nan tells sweepers such as optuna that the trial failed
+    distributed.init()  # a multi-task Slurm job (submitit); torchrun's ranks joined in main
     try:
-        with stop_on_signals():
+        with stop_on_signals(), distributed.main_only_logging():
             results = runner.run(cfg, hydra_cfg.runtime.output_dir)
     except Interrupted as err:
         print(f"prunebench: {err}; the same command (same run folder) resumes it",
@@ -101,6 +134,8 @@ def task(cfg: DictConfig) -> float | None:
             return math.nan
         sys.exit(f"prunebench: error: {err}")
     except Exception as err:
+        if distributed.active():  # one line from the rank that failed; the others exit
+            sys.exit(distributed.failure_line(err, hydra_cfg.runtime.output_dir))
         if not sweep and isinstance(err, OSError) and err.strerror:  # disk full, read-only
             sys.exit(f"prunebench: error: {err.filename or 'writing results'}: {err.strerror}")
         if not sweep:
@@ -110,6 +145,8 @@ def task(cfg: DictConfig) -> float | None:
         return math.nan
     if sweep:  # the comparison table comes at the end of the sweep
         return objective.value(results, OmegaConf.select(cfg, "objective"))
+    if not distributed.is_main():
+        return None
     if any(phase in results for phase in ("dense", "pruned", "final")):
         table.show_run(results)
     if results["status"] != "ok":
@@ -129,7 +166,9 @@ def divide_threads(cfg: DictConfig, hydra_cfg) -> None:
     n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
     cpus = OmegaConf.select(hydra_cfg, "launcher.cpus_per_task", default=None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if isinstance(n_jobs, int) and n_jobs != 0:
+    if ranks.launched():  # torchrun's ranks on this node share its cores
+        threads = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    elif isinstance(n_jobs, int) and n_jobs != 0:
         jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
         threads = max(1, cores // jobs)
     elif isinstance(cpus, int) and cpus > 0:

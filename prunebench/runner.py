@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import build
+from prunebench import build, distributed
 from prunebench.config import checks, inputs
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, latency, macs, recovery
@@ -49,7 +49,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         if finished is not None:
             results = finished
             return results
-        tracking = trackers.start(cfg, out_dir, resuming=state.saved is not None)
+        if distributed.is_main():  # rank 0 talks to the trackers
+            tracking = trackers.start(cfg, out_dir, resuming=state.saved is not None)
         with tracking.observing():
             results |= pipeline(cfg, out_dir, progress, state)
         results |= emptiness.warnings(results)
@@ -71,14 +72,26 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         results |= progress.results()
         results["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results["traceback"] = traceback.format_exc()
+        write = ranks_report(results, err, out_dir)
         raise
     finally:
         if write:
-            files.write_json(out_dir / "results.json", results)
+            files.write_json(out_dir / "results.json", results, any_rank=write == "mine")
         tracking.finish(results)
         if results["status"] in resume.FINISHED:
             state.finish()
     return results
+
+
+def ranks_report(results: dict, err: Exception, out_dir: Path) -> bool | str:
+    """Whether this rank writes results.json for a failure: the rank whose error it is does
+    ("mine" on a rank other than 0); rank 0 does for a peer that died without a word."""
+    if not distributed.active():
+        return True
+    if not distributed.is_lost_peer(err):
+        results |= {"rank": distributed.rank(), "launch": distributed.run_id()}
+        return True if distributed.is_main() else "mine"
+    return distributed.is_main() and not distributed.peer_reported(out_dir)
 
 
 def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.RunState) -> dict:
@@ -108,6 +121,10 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     session.replay.check_done()
     session.record("final")
     extra = {"allocation": allocation.summary(strategy, session.masks.masks)}
+    # the controls train on every rank; what follows measures and writes, on rank 0 alone
+    extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
+    if not distributed.is_main():
+        return {**session.phases, **extra}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)
@@ -118,7 +135,6 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
         extra["exports"] = export.run(cfg, model, data, out_dir)
     if cfg.inference.measure:  # dense, masked, sparse (CSR) and compact forms timed
         extra["latency"] = latency.run(cfg, model, dense["state_dict"], data, out_dir)
-    extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
     return {
         **session.phases,
         **extra,
@@ -138,7 +154,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
 def setup(cfg: DictConfig) -> tuple:
     """(device, data, model, strategy) of a run: the data on the device, the model built
     after seeding with cfg.seed (the pipeline and prunebench-sensitivity start alike)."""
-    device = build.device(cfg.device)
+    device = distributed.local_device(build.device(cfg.device))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = build.dataset(cfg).to(device)

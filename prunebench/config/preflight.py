@@ -150,8 +150,11 @@ class Preflight(Callback):
         """Lock the run folder, refuse it if it holds another config's run (`owner`; a sweep's
         job leaves that to the runner, so it becomes the job's error)."""
         from prunebench.config.errors import ConfigError
+        from prunebench.ranks import env_rank
         from prunebench.runstate import folder
 
+        if env_rank() != 0:  # rank 0 holds the folder for a run of several ranks
+            return
         run_dir = Path(str(OmegaConf.select(config, key)))
         self.lock = folder.Lock(run_dir)
         try:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from prunebench import distributed
+
 
 @dataclass
 class Split:
@@ -55,26 +57,39 @@ class Dataset:
 
 
 def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = False,
-            generator: torch.Generator | None = None, train: bool = False
+            generator: torch.Generator | None = None, train: bool = False, shard: bool = False
             ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield normalized (x, y) batches; `train=True` applies the dataset's augmentation."""
+    """Yield normalized (x, y) batches; `train=True` applies the dataset's augmentation.
+
+    `shard=True` on a run of several ranks yields this rank's part of each global batch of
+    `batch_size` (the order is drawn from `generator` alike on every rank). Augmentation draws
+    from the generator for the whole global batch, as one process does, before the part is
+    taken, so its random draws are those of the one-process run.
+    """
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.x.device) if shuffle else None
     shape = (1, -1) + (1,) * (split.x.dim() - 2)
     offset = (data.mean * data.scale).view(shape)
     inv = (1.0 / (data.std * data.scale)).view(shape)
+    augment = data.augment if train and data.task != "lm" else None
+    sharded = shard and distributed.active()
     for start in range(0, n, batch_size):
-        if order is None:
+        if order is None and not sharded:  # a slice: no copy of uint8 or token data
             xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
         else:
-            idx = order[start:start + batch_size]
-            xb, yb = split.x.index_select(0, idx), split.y.index_select(0, idx)
+            idx = (order[start:start + batch_size] if order is not None
+                   else torch.arange(start, min(start + batch_size, n), device=split.x.device))
+            part = distributed.shard(idx) if sharded else idx
+            xb = split.x.index_select(0, idx if augment is not None else part)
+            yb = split.y.index_select(0, part)
         if data.task == "lm":  # token ids: nothing to normalize or augment
             yield xb, yb
             continue
         xb = torch.sub(xb.float(), offset).mul_(inv)  # sub makes a copy: float data stay put
-        if train and data.augment is not None:
-            xb = data.augment(xb, generator)
+        if augment is not None:
+            xb = augment(xb, generator)
+            if sharded:  # the same rows of the augmented global batch as `part`
+                xb = distributed.shard(xb)
         yield xb, yb
 
 

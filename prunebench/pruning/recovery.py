@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from prunebench.data import batches
 from prunebench.pruning.masks import sparsity_report
+from prunebench.training import parallel
 
 BEFORE = "pruned_before_bn_recalibration"
 
@@ -73,9 +74,11 @@ def after_mask_change(session) -> None:
     # a generator of its own: recalibrating leaves the fine-tuning data order unchanged
     generator = torch.Generator().manual_seed(session.cfg.seed + 5)
     data = session.data
-    recalibrate(session.model, batches(data, data.train, session.cfg.train.batch_size,
-                                       shuffle=True, generator=generator),
-                OmegaConf.select(session.cfg, "finetune.bn_batches", default=100))
+    # on several ranks: each its part of every batch, statistics over the global batch
+    with parallel.global_batchnorm(session.model):
+        recalibrate(session.model, batches(data, data.train, session.cfg.train.batch_size,
+                                           shuffle=True, generator=generator, shard=True),
+                    OmegaConf.select(session.cfg, "finetune.bn_batches", default=100))
 
 
 def record_before(session) -> None:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from prunebench import build
+from prunebench import build, distributed
 from prunebench.data import Dataset, batches
 from prunebench.pruning import macs, memory, recovery
 from prunebench.pruning.masks import Masks, sparsity_report
@@ -100,6 +100,10 @@ class Session:
                                       self.context(), amount)
         self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
                      "memory_method": used["method"]}
+        # every rank scored alike; rank 0's masks and weights (OBS, SparseGPT and L0 change
+        # weights too) are the run's, bit for bit
+        distributed.broadcast_tensors(list(new.values()))
+        distributed.agree_on_model(self.model)
         pruned, recovered = self.masks.update(new)
         self.masks.apply()
         recovery.after_mask_change(self)

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from io import BytesIO
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from prunebench import distributed
 from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
@@ -56,24 +58,40 @@ def rewind_epoch(cfg: DictConfig) -> int:
 
 def load_or_train(directory: str | Path, entry_key: str,
                   train: Callable[[], dict]) -> tuple[dict, bool]:
-    """Return (entry, hit). `train()` builds the entry dict (state_dict and metadata)."""
+    """Return (entry, hit). `train()` builds the entry dict (state_dict and metadata).
+
+    In a run of several ranks, rank 0 holds the lock and decides hit or miss for all; on a
+    miss every rank trains (DDP) and rank 0 saves, so no rank waits on a lock its peers need.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"dense-{entry_key}.pt"
     digest_path = path.with_suffix(".sha256")
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            try:
-                return load_verified(path, digest_path), True
-            except Exception as err:  # truncated or corrupt: rebuild, never trust it
-                log.warning("dense cache %s is unusable (%s); retraining", path,
-                            str(err).splitlines()[0] if str(err) else type(err).__name__)
-                path.unlink()
+    main = distributed.is_main()
+    with FileLock(str(path) + ".lock") if main else nullcontext():
+        entry = load_usable(path, digest_path) if main else None
+        if distributed.broadcast_object(entry is not None):
+            return (entry if main else load_verified(path, digest_path)), True
         entry = train()
-        files.save_torch(path, entry)
-        # written second: an entry without its digest (a crash in between) is rebuilt
-        files.write_text(digest_path, hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+        if main:
+            files.save_torch(path, entry)
+            # written second: an entry without its digest (a crash in between) is rebuilt
+            files.write_text(digest_path, hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
         return entry, False
+
+
+def load_usable(path: Path, digest_path: Path) -> dict | None:
+    """The entry at `path`, or None when there is none or it is truncated or corrupt (then
+    it is rebuilt, never trusted)."""
+    if not path.exists():
+        return None
+    try:
+        return load_verified(path, digest_path)
+    except Exception as err:
+        log.warning("dense cache %s is unusable (%s); retraining", path,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        path.unlink()
+        return None
 
 
 def load_verified(path: Path, digest_path: Path) -> dict:

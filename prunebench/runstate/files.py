@@ -2,6 +2,7 @@
 
 The temporary names start with TMP_PREFIX, which nothing but prunebench uses, so the cleanup of
 what a killed write left behind (runstate/folder.py) never touches a user's own files.
+In a run of several ranks only rank 0 writes (the others skip every write silently).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from prunebench.ranks import env_rank
 
 TMP_PREFIX = ".prunebench-tmp."  # + the target's name + mkstemp's random part + ".tmp"
 _UMASK = os.umask(0o022)
@@ -52,7 +55,9 @@ def inside(folder: str | Path, name: str) -> Path:
     return path
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, any_rank: bool = False) -> None:
+    if not (any_rank or env_rank() == 0):  # rank 0 writes a distributed run's files
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temporary(path)
     try:
@@ -67,12 +72,13 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+def write_text(path: str | Path, text: str, any_rank: bool = False) -> None:
+    _atomic(Path(path), lambda f: f.write(text.encode()), any_rank)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+def write_json(path: str | Path, obj: Any, any_rank: bool = False) -> None:
+    """`any_rank`: written by whichever rank calls (a failing rank's own report)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n", any_rank)
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prunebench import distributed
 from prunebench.config.checks import ConfigError
 from prunebench.runstate import files
 from prunebench.runstate.folder import first_difference
@@ -81,10 +82,16 @@ def stop_on_signals() -> Iterator[None]:
         _requested = None
 
 
-def stop_if_requested() -> None:
-    """A safe point: raise Interrupted if a stop signal arrived."""
-    if _requested is not None:
-        raise Interrupted(_requested)
+def stop_if_requested(every_rank: bool = False) -> None:
+    """A safe point: raise Interrupted if a stop signal arrived.
+
+    `every_rank`: a point every rank of a distributed run passes in step (a training step);
+    they agree there, so that all stop at the same step even if the signal reached them
+    between two steps.
+    """
+    requested = distributed.max_int(_requested or 0) if every_rank else _requested
+    if requested:
+        raise Interrupted(requested)
 
 
 def comparable(cfg: DictConfig) -> dict:
@@ -196,7 +203,7 @@ def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix:
         state.save_training({"phase": "train", "epoch": epoch, "history": prefix + history,
                              "gradients": gradients.state_dict(), "snapshots": snapshots,
                              **training_state(model, optimizer, scheduler, generator)})
-        stop_if_requested()
+        stop_if_requested(every_rank=True)
 
     return save
 
@@ -263,7 +270,7 @@ class Replay:
                 "phase": phase, "fit_index": index, "epoch": epoch,
                 "fit_history": prefix + history, **session.state_dict(),
                 **training_state(session.model, optimizer, scheduler, session.generator)})
-            stop_if_requested()
+            stop_if_requested(every_rank=True)
 
         return save
 

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunebench import distributed
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
 from prunebench.pruning.masks import Masks, prunable_weights
 from prunebench.runstate.resume import stop_if_requested
-from prunebench.training import precision
+from prunebench.training import parallel, precision
 from prunebench.training.telemetry import GradientStats, clip, grad_norm
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     gradients = gradients if gradients is not None else GradientStats()
     use_amp = precision.amp_enabled(settings.amp, data.train.y.device)
     scaler = precision.grad_scaler(settings.amp, use_amp)
-    step_model = precision.compiled(model, settings.compile)
-    with progress() as bar:
+    step_model = precision.compiled(parallel.wrap(model), settings.compile)
+    n_train = len(data.train)
+    with progress() as bar, parallel.global_batchnorm(model):
         task = bar.add_task(phase, total=settings.epochs, completed=start_epoch, status="")
         for epoch in range(start_epoch, settings.epochs):
             if on_epoch is not None:
@@ -83,15 +85,20 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             model.train()
             loss_sum = torch.zeros((), device=data.train.y.device)
             correct = torch.zeros((), dtype=torch.long, device=data.train.y.device)
-            for x, y in batches(data, data.train, settings.batch_size, shuffle=True,
-                                generator=generator, train=True):
+            for start, (x, y) in zip(range(0, n_train, settings.batch_size),
+                                     batches(data, data.train, settings.batch_size,
+                                             shuffle=True, generator=generator, train=True,
+                                             shard=True), strict=True):
                 with precision.autocast(settings.amp, use_amp):
                     logits = step_model(x)
-                    data_loss = (cross_entropy(logits, y) if loss_fn is None
+                    data_loss = (logits.sum() * 0.0 if len(y) == 0  # a rank with no part
+                                 else cross_entropy(logits, y) if loss_fn is None
                                  else loss_fn(logits, x, y))
                 loss_sum += data_loss.detach() * len(y)
                 correct += (logits.argmax(-1) == y).sum()
-                loss = data_loss
+                # this rank's share of the global batch's mean (parallel.py)
+                loss = data_loss * parallel.loss_share(
+                    len(y), min(settings.batch_size, n_train - start))
                 if settings.l2:
                     loss = loss + 0.5 * settings.l2 * sum(w.pow(2).sum() for w in weights)
                 optimizer.zero_grad(set_to_none=True)
@@ -113,7 +120,10 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 step += 1
                 if on_step is not None:
                     on_step(step)
-                stop_if_requested()
+                stop_if_requested(every_rank=True)
+            parallel.reduce_epoch(loss_sum, correct)
+            distributed.check_same(params + (list(masks.masks.values()) if masks else []),
+                                   "weights or masks")
             record = {"epoch": epoch + 1, "loss": loss_sum.item() / len(data.train),
                       "accuracy": correct.item() / data.train.y.numel(),  # per token for LMs
                       "lr": optimizer.param_groups[0]["lr"]}
@@ -142,7 +152,7 @@ def check_finite(data_loss: torch.Tensor, norm: torch.Tensor, grads: list[torch.
     gradient is the scaler's to skip, so only the loss is checked.
     """
     total = data_loss.detach() if scaled else data_loss.detach() + norm
-    if torch.isfinite(total):
+    if parallel.all_finite(total):
         return
     if not torch.isfinite(data_loss):
         gradients.nonfinite_loss()
@@ -185,10 +195,11 @@ def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 10
     if data.task == "lm":  # windows are long: fewer per batch keeps the logits small
         batch_size = max(1, batch_size // split.x.shape[1])
     loss_sum, correct = 0.0, 0
-    for x, y in batches(data, split, batch_size):
+    for x, y in batches(data, split, batch_size, shard=True):  # this rank's part of each
         logits = model(x)
         loss_sum += cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(-1) == y).sum())
+    loss_sum, correct = parallel.reduce_sums(loss_sum, correct)  # exact count, float64 sum
     loss = loss_sum / split.y.numel()
     if data.task == "lm":
         return {"perplexity": math.exp(loss), "loss": loss}
