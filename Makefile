@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # torch thread (tests/conftest.py); `make test TEST_WORKERS=0` runs the suite in one process
 TEST_WORKERS ?= 2
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint docs clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70.1"
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,timm,export,trackers,lm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,timm,export,trackers,lm,docs]"
 	touch $@
 
 run: install  # the default comparison: l1, l0, gradient, hessian, random on digits
@@ -32,7 +32,10 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 
+docs: install  # the documentation site (mkdocs.yml, docs/) at http://127.0.0.1:8000
+	$(BIN)/mkdocs serve
+
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf build dist site *.egg-info .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

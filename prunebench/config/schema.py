@@ -19,137 +19,167 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
+def key(default: Any, help: str) -> Any:
+    """A schema key with its help text, which the configuration reference of the docs shows
+    (docs/hooks/prunebench_docs.py: a key without one fails the docs build)."""
+    return field(default=default, metadata={"help": help})
+
+
+def node(factory: Any, help: str) -> Any:
+    """A nested node (a dataclass or a container) with its help text."""
+    return field(default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class GradClip:
-    max_norm: float | None = None
-    max_value: float | None = None
+    max_norm: float | None = key(None, "clip the global gradient norm to this (dense training "
+                                       "and fine-tuning); null: no clipping")
+    max_value: float | None = key(None, "clip every gradient element to [-max_value, max_value]")
 
 
 @dataclass
 class Regularization:
-    l1: float = 0.0
-    l2: float = 0.0
+    l1: float = key(0.0, "proximal soft-threshold step after each optimizer step on the "
+                         "prunable weights (weights reach exact zeros)")
+    l2: float = key(0.0, "adds 0.5 * l2 * ||w||^2 of the prunable weights to the loss")
 
 
 @dataclass
 class Train:
-    epochs: int = 30
-    batch_size: int = 64
-    threads: int | None = None
-    amp: str | None = None  # null | bf16 | fp16
-    compile: bool = False
-    lr_schedule: str = "cosine"
-    lr_step_size: int = 10
-    lr_gamma: float = 0.1
-    grad_clip: GradClip = field(default_factory=GradClip)
-    regularization: Regularization = field(default_factory=Regularization)
+    epochs: int = key(30, "epochs of dense training; 0 prunes at initialization, then trains "
+                          "the pruned net in fine-tuning")
+    batch_size: int = key(64, "training batch size (also of fine-tuning and calibration)")
+    threads: int | None = key(None, "torch CPU threads; null keeps torch's default")
+    amp: str | None = key(None, "null | bf16 | fp16: mixed precision on CUDA (a logged no-op "
+                                "elsewhere)")
+    compile: bool = key(False, "train through torch.compile(model)")
+    lr_schedule: str = key("cosine", "none | cosine | step")
+    lr_step_size: int = key(10, "epochs between decays (lr_schedule=step)")
+    lr_gamma: float = key(0.1, "decay factor (lr_schedule=step)")
+    grad_clip: GradClip = node(GradClip, "gradient clipping in dense training and fine-tuning")
+    regularization: Regularization = node(Regularization, "sparsity-inducing penalties")
 
 
 @dataclass
 class Distill:
-    alpha: float = 0.0  # 0: plain fine-tuning, no teacher
-    temperature: float = 4.0
+    alpha: float = key(0.0, "weight of the dense teacher's KL term; 0: plain fine-tuning, no "
+                            "teacher built")
+    temperature: float = key(4.0, "softmax temperature of teacher and student")
 
 
 @dataclass
 class Finetune:
-    epochs: int = 10
-    lr_scale: float = 0.1
-    bn_recalibrate: bool = True  # a no-op for models without batch norm
-    bn_batches: int = 100
-    distill: Distill = field(default_factory=Distill)
+    epochs: int = key(10, "fine-tuning epochs with the masks held")
+    lr_scale: float = key(0.1, "fine-tuning lr = optimizer.lr * lr_scale")
+    bn_recalibrate: bool = key(True, "after every mask change re-estimate BatchNorm running "
+                                     "statistics (a no-op without batch norm)")
+    bn_batches: int = key(100, "training batches for that re-estimate, no gradient steps")
+    distill: Distill = node(Distill, "knowledge distillation from the dense model "
+                                     "(Hinton et al. 2015)")
 
 
 @dataclass
 class Dense:
-    checkpoint: str | None = None  # trained weights instead of training (models/checkpoint.py)
-    checkpoint_prefix: str | None = None  # the wrapper attribute to load (`net`); None: found
+    checkpoint: str | None = key(None, "trained weights (state_dict, Lightning .ckpt, "
+                                       ".safetensors) loaded instead of dense training")
+    checkpoint_prefix: str | None = key(None, "which wrapped model of a checkpoint to load (a "
+                                              "Lightning module's `net` beside its `teacher`); "
+                                              "null: the one that fits the model")
 
 
 @dataclass
 class Cache:
-    enabled: bool = True
-    dir: str = "outputs/cache"
+    enabled: bool = key(True, "reuse dense models across runs and sweeps")
+    dir: str = key("outputs/cache", "where the dense models are cached")
 
 
 @dataclass
 class Component:
     """A group option: what to build, and the name tables show."""
 
-    _target_: str = MISSING
-    name: str = MISSING
+    _target_: str = key(MISSING, "the class (or function) Hydra builds for this option")
+    name: str = key(MISSING, "the option's name in tables and run names")
 
 
 @dataclass
 class Strategy(Component):
-    amount: float | None = None
-    threshold: float | None = None
-    scope: str = "global"  # alias of allocation: global | layer (= uniform)
-    allocation: str | None = None  # global | uniform | erk | lamp | owl; null: from scope
-    granularity: str = "weight"
-    exclude: list[str] = field(default_factory=list)  # name patterns of layers left dense
-    pattern: str | None = None  # N:M, e.g. 2:4 (strategies/patterns.py)
+    amount: float | None = key(None, "fraction of prunable weights to remove, 0 <= amount < 1 "
+                                     "(of units at granularity=neuron)")
+    threshold: float | None = key(None, "remove what scores below it (instead of amount)")
+    scope: str = key("global", "global | layer (= uniform) | row; alias of allocation")
+    allocation: str | None = key(None, "global | uniform | row | erk | lamp | owl; null: from "
+                                       "scope")
+    granularity: str = key("weight", "weight | neuron (whole output units / channels)")
+    exclude: list[str] = node(list, "regex name patterns of layers left dense")
+    pattern: str | None = key(None, "N:M, e.g. 2:4: N of every M weights along the input "
+                                    "dimension removed; null: unstructured")
 
 
 @dataclass
 class Optimizer:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = MISSING
+    _target_: str = key(MISSING, "the torch.optim class")
+    _partial_: bool = key(True, "built later with the model's parameters")
+    lr: float = key(MISSING, "learning rate of dense training (fine-tuning scales it)")
 
 
 @dataclass
 class Baseline:
-    random_same_density: bool = False
-    shuffled_mask: bool = False
-    reinit: bool = False
-    reinit_budget: str = "epochs"  # epochs (Scratch-E) | matched_flops (Scratch-B)
+    random_same_density: bool = key(False, "also fine-tune a random mask with the run's "
+                                           "per-layer densities")
+    shuffled_mask: bool = key(False, "also train the run's mask shuffled within each layer")
+    reinit: bool = key(False, "also train the run's mask on re-initialized weights, from "
+                              "scratch")
+    reinit_budget: str = key("epochs", "epochs (Scratch-E) | matched_flops (Scratch-B)")
 
 
 @dataclass
 class Export:
     """Files written from the final model (results/export.py)."""
 
-    onnx: bool = False         # checkpoints/final.onnx (+ compact.onnx), checked by onnxruntime
-    safetensors: bool = False  # checkpoints/final.safetensors
-    semi_structured: bool = False  # CUDA: 2:4 Linears as sparse tensors, latency vs dense
-    sparse: bool = False       # checkpoints/final_sparse.pt: prunable weights as CSR parts
+    onnx: bool = key(False, "checkpoints/final.onnx (+ compact.onnx), checked by onnxruntime")
+    safetensors: bool = key(False, "checkpoints/final.safetensors")
+    semi_structured: bool = key(False, "CUDA: 2:4 Linears as sparse semi-structured tensors, "
+                                       "latency against dense")
+    sparse: bool = key(False, "checkpoints/final_sparse.pt: prunable weights as CSR parts")
 
 
 @dataclass
 class Inference:
     """Latency of the final model's forms (pruning/latency.py)."""
 
-    measure: bool = True
-    kernel: str = "auto"       # auto | dense | csr (pruning/sparse.py)
+    measure: bool = key(True, "time the dense, masked, sparse and compact forms; false skips "
+                              "the latency block")
+    kernel: str = key("auto", "auto (per layer, the faster by measurement) | dense | csr")
 
 
 @dataclass
 class Objective:
-    name: str = "final_accuracy"
-    min_sparsity: float = 0.9
-    max_drop: float = 0.01
+    name: str = key("final_accuracy", "final_accuracy | final_accuracy_at_min_sparsity | "
+                                      "sparsity_at_max_drop: what a run returns to a sweeper")
+    min_sparsity: float = key(0.9, "constraint of final_accuracy_at_min_sparsity")
+    max_drop: float = key(0.01, "constraint of sparsity_at_max_drop (dense - final accuracy)")
 
 
 @dataclass
 class Config:
-    model: Component = field(default_factory=Component)
-    dataset: Component = field(default_factory=Component)
-    optimizer: Optimizer = field(default_factory=Optimizer)
-    strategy: Strategy = field(default_factory=Strategy)
-    schedule: Component = field(default_factory=Component)
-    seed: int = 0
-    device: str = "auto"
-    resume: Any = "auto"  # auto | true | false
-    train: Train = field(default_factory=Train)
-    dense: Dense = field(default_factory=Dense)
-    finetune: Finetune = field(default_factory=Finetune)
-    cache: Cache = field(default_factory=Cache)
-    baseline: Baseline = field(default_factory=Baseline)
-    export: Export = field(default_factory=Export)
-    inference: Inference = field(default_factory=Inference)
-    objective: Objective = field(default_factory=Objective)
-    logger: dict[str, Any] = field(default_factory=dict)  # conf/logger: trackers by name
+    model: Component = node(Component, "the network (conf/model/)")
+    dataset: Component = node(Component, "the data and its splits (conf/dataset/)")
+    optimizer: Optimizer = node(Optimizer, "the optimizer (conf/optimizer/)")
+    strategy: Strategy = node(Strategy, "the pruning criterion and selection (conf/strategy/)")
+    schedule: Component = node(Component, "when masks change (conf/schedule/)")
+    seed: int = key(0, "seed of initialization, splits, batches and masks")
+    device: str = key("auto", "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
+    resume: Any = key("auto", "auto: continue an unfinished run in the run folder | true | "
+                              "false")
+    train: Train = node(Train, "dense training")
+    dense: Dense = node(Dense, "a trained model instead of dense training")
+    finetune: Finetune = node(Finetune, "recovery after pruning")
+    cache: Cache = node(Cache, "the dense-model cache")
+    baseline: Baseline = node(Baseline, "controls trained next to the run (pruning/controls.py)")
+    export: Export = node(Export, "files written from the final model")
+    inference: Inference = node(Inference, "latency of the final model")
+    objective: Objective = node(Objective, "the number a run returns to a sweeper")
+    logger: dict[str, Any] = node(dict, "experiment trackers by name (conf/logger/)")
 
 
 GROUPS = ("model", "dataset", "optimizer", "strategy", "schedule")

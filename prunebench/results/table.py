@@ -13,9 +13,11 @@ import io as _io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -24,8 +26,9 @@ from prunebench.results import stats
 from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
-# piped output gets a wide fixed width rather than rich's 80 columns, so tables stay readable
-stdout = Console(width=None if sys.stdout.isatty() else 240)
+# a terminal's width (or $COLUMNS); piped output gets a wide fixed width rather than rich's 80
+# columns, so tables stay readable in a log file
+stdout = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240)
 # a results.json is a few hundred kB at most; anything far larger is not one of ours
 MAX_RESULTS_BYTES = 64 * 2**20
 TRACKER_FOLDERS = {"mlartifacts", "mlruns", "wandb"}  # logger=...: artifact copies live there
@@ -80,11 +83,14 @@ OPTIONAL = [
     ("grad_max", "max grad norm", "{:.3g}"),
     ("clipped", "clipped frac", "{:.3f}"),
 ]
-TERMINAL = ("final_acc", "delta_acc", "final_ppl", "delta_ppl", "sparsity", "sparsity_all",
-            "random_final_acc",
-            "random_final_ppl", "shuffled_final_acc", "shuffled_p", "reinit_final_acc", "reinit_p",
-            "effective_flops", "speedup", "latency_ms", "prune_s", "prune_peak_mb",
-            "finetune_epochs")
+# the metrics the terminal's table may show, most wanted first: ALWAYS_SHOWN's always, the
+# others while the console is wide enough (table.show)
+TERMINAL = ("final_acc", "final_ppl", "delta_acc", "delta_ppl", "sparsity", "speedup",
+            "sparsity_all", "random_final_acc", "random_final_ppl", "shuffled_final_acc",
+            "shuffled_p",
+            "reinit_final_acc", "reinit_p", "effective_flops", "prune_s", "finetune_epochs",
+            "prune_peak_mb", "latency_ms")
+ALWAYS_SHOWN = ("final_acc", "final_ppl", "delta_acc", "delta_ppl", "sparsity", "speedup")
 
 
 # the target of a criterion that chose its own sparsity (l0 without amount or threshold); the
@@ -468,34 +474,92 @@ def best_per_target(groups: list[dict]) -> set[int]:
     return set(best.values()) if len({g.get("strategy") for g in groups}) > 1 else set()
 
 
-def show(groups: list[dict], title: str = "prunebench comparison") -> None:
-    """The rich table: key columns that vary (the constant ones go in the title)."""
+def _terminal_versus(g: dict, shared: str | None) -> str:
+    """`versus` for the terminal: with one baseline for every row its name is in the header,
+    and a cell is the difference and the p-value only."""
+    if shared is None or not g.get("baseline"):
+        return versus(g)
+    fmt = "{:+.3f}" if g.get("_judged") == "final_ppl" else "{:+.4f}"
+    text = fmt.format(g["diff_vs_baseline"])
+    return text + (f" p={g['p_value']:.2g}" if _finite(g.get("p_value")) else "")
+
+
+def _width(table: Table) -> int:
+    """The widest line of `table` rendered without a width limit."""
+    wide = Console(width=10_000, file=_io.StringIO(), color_system=None)
+    with wide.capture() as captured:
+        wide.print(table)
+    return max(map(cell_len, captured.get().splitlines()), default=0)
+
+
+def show(groups: list[dict], title: str = "prunebench comparison",
+         console: Console | None = None) -> None:
+    """The rich table, as wide as the console: the key columns that vary (the constant ones
+    go in the title), then the metrics in TERMINAL's order of priority, as many as fit; the
+    first ones, the paired test and any flags always (cells cut short rather than wrapped
+    where even those do not fit). comparison.md/csv/json keep every column and every std."""
+    console = console or stdout
     keys = key_columns(groups)
     same = [k for k in keys if len({str(g.get(k)) for g in groups}) == 1] if len(groups) > 1 \
         else []
     keys = [k for k in keys if k not in same]
     if same:
         title += "\n" + ", ".join(f"{k}={groups[0].get(k)}" for k in same)
-    metrics = [c for c in metric_columns(groups) if c[0] in TERMINAL]
-    table = Table(title=title, caption="bold green: best final accuracy (lowest perplexity) "
-                                       "at its target")
-    for k in keys:
-        table.add_column(k, justify="right" if k == "target" else "left")
-    table.add_column("n", justify="right")
-    for _, header, _ in metrics:
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("vs baseline", justify="right")
-    table.add_column("flags / status")
+    # a varying variant joins its strategy's cell ("gradient/snip"): one narrow key column
+    joined = "strategy" in keys and "variant" in keys
+    keys = [k for k in keys if not (joined and k == "variant")]
+
+    def key_cell(g: dict, k: str) -> str:
+        text = key_text(g, k)
+        return f"{text}/{g['variant']}" if joined and k == "strategy" and g.get("variant") \
+            else text
+
+    shown = [c for c in metric_columns(groups) if c[0] in TERMINAL]
+    shown.sort(key=lambda c: TERMINAL.index(c[0]))
+    required = [c for c in shown if c[0] in ALWAYS_SHOWN]
+    optional = [c for c in shown if c[0] not in ALWAYS_SHOWN]
+    baselines = {g["baseline"] for g in groups if g.get("baseline")}
+    shared = next(iter(baselines)) if len(baselines) == 1 else None
+    notes = ["; ".join(filter(None, [g.get("flags"), g.get("error")] + (
+        [g["status"]] if g["status"] != "ok" else []))) for g in groups]
     best = best_per_target(groups)
-    for i, g in enumerate(groups):
-        style = "bold green" if i in best else (None if g["status"] == "ok" else "red")
-        notes = [g.get("flags"), g.get("error")] + ([g["status"]] if g["status"] != "ok"
-                                                    else [])
-        # cells come from files anyone may have written: escape rich markup like "[/]"
-        cells = [key_text(g, k) for k in keys] + [str(g["n"])] + [
-            cell(g, m, f) for m, _, f in metrics] + [versus(g), "; ".join(filter(None, notes))]
-        table.add_row(*[escape(c) for c in cells], style=style)
-    stdout.print(table)
+
+    def build(extra: list) -> Table:
+        metrics = [c for c in metric_columns(groups) if c in required or c in extra]
+        left_out = len(shown) - len(metrics)
+        caption = "bold green: best final accuracy (lowest perplexity) at its target"
+        if left_out:
+            caption += f"; {left_out} more columns in comparison.md/csv/json"
+        table = Table(title=title, caption=caption)
+        for k in keys:
+            table.add_column(k, justify="right" if k == "target" else "left")
+        table.add_column("n", justify="right")
+        for _, header, _ in metrics:
+            table.add_column(header, justify="right")
+        if baselines:
+            table.add_column(f"vs {shared}" if shared else "vs baseline", justify="right")
+        if any(notes):
+            table.add_column("flags / status")
+        for column in table.columns:  # a row is one line: cut a cell short, never wrap it
+            column.no_wrap, column.overflow = True, "ellipsis"
+        for i, g in enumerate(groups):
+            style = "bold green" if i in best else (None if g["status"] == "ok" else "red")
+            # ± std on the final metric only; the files have it for every column
+            cells = [key_cell(g, k) for k in keys] + [str(g["n"])] + [
+                cell(g, m, f) if m in ("final_acc", "final_ppl") else
+                _fmt(g.get(f"{m}_mean"), f) for m, _, f in metrics]
+            cells += [_terminal_versus(g, shared)] if baselines else []
+            cells += [notes[i]] if any(notes) else []
+            # cells come from files anyone may have written: escape rich markup like "[/]"
+            table.add_row(*[escape(c) for c in cells], style=style)
+        return table
+
+    extra = list(optional)
+    table = build(extra)
+    while extra and _width(table) > console.width:
+        extra.pop()
+        table = build(extra)
+    console.print(table)
 
 
 def show_run(results: dict) -> None:

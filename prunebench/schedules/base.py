@@ -13,6 +13,15 @@ from prunebench.pruning.session import Session
 
 
 class Schedule:
+    """Base class of a schedule: *when* masks change; the strategy decides *which* weights.
+
+    A schedule is built from its `conf/schedule/<name>.yaml` (`_target_`), its own keys
+    arriving as constructor arguments (checked there). The runner hands it the Session after
+    dense training; `run` drives it: `session.prune(amount)` changes the masks (and logs the
+    event), `session.record("pruned")` records the phase before recovery, and
+    `session.finetune(epochs)` trains with the masks held. One-shot pruning is exactly that.
+    """
+
     def __init__(self, name: str):
         self.name = name
 
@@ -20,6 +29,8 @@ class Schedule:
         """Raise ConfigError on settings this schedule cannot run, before any training."""
 
     def run(self, session: Session) -> None:
+        """Prune and fine-tune `session`'s model; record the `pruned` phase once, right
+        before the recovery fine-tuning."""
         raise NotImplementedError
 
 

@@ -98,6 +98,12 @@ class Strategy:
         this criterion cannot prune; called once the model is built, before any training."""
 
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        """One score per weight, the shape of each prunable weight (higher = more important).
+
+        `weights` maps each prunable layer's name to its weight (already masked); `ctx` gives
+        training batches, the loss, the model and the current masks. Selection (amount or
+        threshold, allocation, granularity, N:M pattern) happens after, in `prune`.
+        """
         raise NotImplementedError
 
     def score_units(self, weights: dict[str, Tensor], ctx: PruneContext
