@@ -11,11 +11,16 @@ Goals: prunebench within 1.15x of (a), at least 8x faster than (b). Then trainin
 runs, interleaved, so other load on the machine hits all three alike.
 
     python scripts/bench_data.py [--source-dir /usr/share/datasets/fashion-mnist]
+
+One row per torch thread count goes to --csv (default docs/performance/data/bench_data.csv,
+which the documentation's "Training speed" page includes); a rerun replaces its thread
+count's row.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import tempfile
 import time
@@ -33,10 +38,13 @@ from prunebench.data import Split, vision
 from prunebench.models.lenet5 import LeNet5
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
+from prunebench.runstate import files
 from prunebench.training.loop import FitSettings, fit
 
 BATCH = 64
 CONF = Path(__file__).resolve().parent.parent / "conf"
+# the documentation's benchmark tables (docs/performance/training.md includes this one)
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def sgd(model):
@@ -112,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is steadier on a busy machine)")
+    parser.add_argument("--csv", default=str(DOCS_DATA / "bench_data.csv"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,11 +148,25 @@ def main() -> None:
         print(f"(b) textbook / prunebench = {best['textbook'] / best['prunebench']:.1f}x "
               f"(goal >= 8)")
 
+        row = {"torch threads": torch.get_num_threads(), "repeats": args.repeats} | {
+            name: f"{s:.2f}" for name, s in best.items()} | {
+            "prunebench / (a)": f"{best['prunebench'] / best['minimal']:.2f}x",
+            "loop only / (a)": f"{best['loop only'] / best['minimal']:.2f}x",
+            "(b) / prunebench": f"{best['textbook'] / best['prunebench']:.1f}x"}
         for name, model, images, batch in (
                 ("LeNet-5", LeNet5(data.input_shape, 10), 8192, 128),
                 ("ResNet-20", CifarResNet(data.input_shape, 10, depth=20), 2048, 128)):
             rate = throughput(name, model, data, images, batch)
             print(f"{name} training: {rate:,.0f} images/s (28x28, batch {batch})")
+            row[name] = f"{rate:,.0f} img/s"
+    write_row(Path(args.csv), row)
+
+
+def write_row(path: Path, row: dict) -> None:
+    """Replace the row of this thread count in the CSV (one row per thread count)."""
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    rows = [r for r in rows if r["torch threads"] != str(row["torch threads"])] + [row]
+    files.write_csv(path, sorted(rows, key=lambda r: int(r["torch threads"])))
 
 
 if __name__ == "__main__":

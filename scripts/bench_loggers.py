@@ -8,6 +8,9 @@ in a sweep where it already exists; what is timed is what a run adds: its MLflow
 per-epoch metrics, summary, artifacts. Reported: the best wall time of each and their ratio.
 
     python scripts/bench_loggers.py [--rounds 3] [--epochs 10] [--loggers mlflow,tensorboard]
+
+The table also goes to --csv (default docs/performance/data/bench_loggers.csv, which the
+documentation's "Experiment tracking" page includes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from hydra import compose, initialize_config_module
 
 from prunebench import runner
 from prunebench.config import schema
+from prunebench.runstate import files
+
+# the documentation's benchmark tables (docs/usage/tracking.md includes this one)
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def config(logger: str, store: str, epochs: int):
@@ -38,6 +45,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--loggers", default="mlflow")
+    parser.add_argument("--csv", default=str(DOCS_DATA / "bench_loggers.csv"))
     args = parser.parse_args()
     schema.register()
     logging.basicConfig(level=logging.WARNING)
@@ -60,10 +68,13 @@ def main() -> None:
     epochs = args.epochs + args.epochs // 2
     print(f"digits MLP, {epochs} epochs per run (dense {args.epochs}, fine-tuning "
           f"{args.epochs // 2}), best of {args.rounds} rounds")
+    rows = []
     for name in loggers:
         best = min(times[name])
         print(f"  logger={name:12s} {best:7.2f} s  x{best / base:.3f}  "
               f"(+{(best - base) / epochs * 1000:.0f} ms per epoch)")
+        rows.append({"logger": name, "best run": f"{best:.1f} s", "ratio": f"{best / base:.2f}"})
+    files.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

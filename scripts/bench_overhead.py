@@ -9,6 +9,9 @@ compared with the dense step:
   torch.prune  torch.nn.utils.prune's forward pre-hooks (weight = weight_orig * mask)
 
     python scripts/bench_overhead.py [--rounds 15] [--steps 50] [--amount 0.9]
+
+The table also goes to --csv (default docs/performance/data/bench_overhead.csv, which the
+documentation's "Training speed" page includes).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,10 @@ from torch.nn.utils import prune
 
 from prunebench.models.mlp import MLP
 from prunebench.pruning.masks import Masks
+from prunebench.runstate import files
+
+# the documentation's benchmark tables (docs/performance/training.md includes this one)
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -75,6 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--amount", type=float, default=0.9)
+    parser.add_argument("--csv", default=str(DOCS_DATA / "bench_overhead.csv"))
     args = parser.parse_args()
 
     x, y = torch.randn(128, 1, 28, 28), torch.randint(10, (128,))
@@ -95,9 +104,13 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds x {args.steps} steps")
     print(f"{'variant':<12} {'median ms/step':>15} {'ratio to dense':>15}")
+    rows = []
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<12} {median * 1e3:>15.3f} {median / base:>15.3f}")
+        rows.append({"variant": name, "median ms/step": f"{median * 1e3:.3f}",
+                     "ratio to dense": f"{median / base:.3f}"})
+    files.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

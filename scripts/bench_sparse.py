@@ -7,7 +7,9 @@ the dense product `W @ X` (torch.mm, MKL) against the CSR product (torch.addmm w
 weight, MKL sparse BLAS: the kernel prunebench's sparse form runs, pruning/sparse.py), each the
 median of torch.utils.benchmark blocks, dense and every sparsity timed in turn in one process,
 the best of --repeats rounds kept. Prints a markdown table (dense µs, CSR µs, dense/CSR, the
-ideal 1/(1-s)) and where CSR starts to win.
+ideal 1/(1-s)) and where CSR starts to win, and writes both as CSV files into --csv-dir
+(bench_sparse.csv, bench_sparse_wins.csv; by default docs/performance/data/, which the
+documentation's "Inference and sparse kernels" page includes: rerun it to update the page).
 
     python scripts/bench_sparse.py                      # the full table (~2-5 min on 2 cores)
     python scripts/bench_sparse.py --repeats 1 --min-run-time 0.005   # a quick look
@@ -18,10 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
+from prunebench.runstate import files
+
+# the documentation's benchmark tables (docs/performance/inference.md includes them)
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 64)
 
@@ -76,6 +83,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-run-time", type=float, default=0.02)
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--csv-dir", default=str(DOCS_DATA),
+                        help="where bench_sparse.csv and bench_sparse_wins.csv go")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     threads = sorted({1, torch.get_num_threads()})
@@ -111,6 +120,20 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    files.write_csv(Path(args.csv_dir) / "bench_sparse.csv", [table_row(r) for r in rows])
+    files.write_csv(Path(args.csv_dir) / "bench_sparse_wins.csv", [
+        {"model": m, "layer": layer, "batch": b, "threads": t,
+         "CSR wins from": "never up to 0.99" if s is None else f"{s:g}"}
+        for m, layer, b, t, s in wins])
+
+
+def table_row(r: dict) -> dict:
+    """A row as the printed table and the docs show it."""
+    return {"model": r["model"], "layer": r["layer"], "W (out x in)": f"{r['out']}x{r['in']}",
+            "cols": r["cols"], "batch": r["batch"], "threads": r["threads"],
+            "sparsity": f"{r['sparsity']:g}", "dense µs": f"{r['dense_us']:.1f}",
+            "CSR µs": f"{r['csr_us']:.1f}", "dense/CSR": f"{r['ratio']:.2f}",
+            "ideal": f"{r['ideal']:.0f}"}
 
 
 if __name__ == "__main__":

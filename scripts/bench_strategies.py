@@ -19,7 +19,8 @@ The LM criteria on one GPT-2-sized MLP layer at a time, Linear(768, 3072) (weigh
 and Linear(3072, 768) (weight 768 x 3072), calibrated on `--windows` windows of `--seq-len`
 tokens of hidden states (random normal: timing does not depend on the values), 50% and 2:4:
 time of Strategy.prune against one forward pass of the layer over the same windows, and peak
-memory (as above) in MiB and against that forward pass.
+memory (as above) in MiB and against that forward pass; the table also goes to --csv
+(default docs/performance/data/bench_strategies_lm.csv, which the documentation includes).
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ from hydra import compose, initialize_config_module
 from prunebench import build
 from prunebench.data import batches as iterate
 from prunebench.pruning.masks import prunable_weights
+from prunebench.runstate import files
 from prunebench.strategies.base import PruneContext
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+# the documentation's benchmark tables (docs/criteria/transformers.md includes the --lm one)
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 # variants beyond each YAML's default: (label, overrides)
 VARIANTS = [
     *[(f"gradient/{v}", ["strategy=gradient", f"strategy.variant={v}"])
@@ -199,6 +203,7 @@ def lm_layers(args) -> None:
           f"{torch.get_num_threads()} threads")
     print(f"{'layer':>22s} {'criterion':20s} {'time s':>8s} {'x fwd':>7s} "
           f"{'peak MiB':>9s} {'x fwd':>6s}")
+    rows = []
     for d_in, d_out in ((768, 3072), (3072, 768)):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(d_in, d_out)).to(device)
@@ -209,6 +214,8 @@ def lm_layers(args) -> None:
         base_t, base_m = timed(base_fn, args.repeats, device), peak_memory(base_fn, device)
         print(f"{f'Linear({d_in}, {d_out})':>22s} {'one forward pass':20s} {base_t:8.2f} "
               f"{1:7.1f} {base_m / 2**20:9.1f} {1:6.1f}", flush=True)
+        layer = f"Linear({d_in}, {d_out})"
+        rows.append(lm_row(layer, "one forward pass", base_t, 1, base_m, 1))
         for label, overrides in LM_CRITERIA:
             with initialize_config_module("prunebench.conf", version_base="1.3"):
                 cfg = compose("config", overrides=overrides + [
@@ -220,6 +227,15 @@ def lm_layers(args) -> None:
             m = peak_memory(fn, device)
             print(f"{'':22s} {label:20s} {t:8.2f} {t / local:7.1f} {m / 2**20:9.1f} "
                   f"{m / base_m:6.1f}", flush=True)
+            rows.append(lm_row(layer, label, t, t / local, m, m / base_m))
+    files.write_csv(args.csv, rows)
+
+
+def lm_row(layer: str, criterion: str, seconds: float, x_time: float, peak: float,
+           x_memory: float) -> dict:
+    return {"layer": layer, "criterion": criterion, "time s": f"{seconds:.1f}",
+            "time x forward": f"{x_time:.1f}", "peak MiB": f"{peak / 2**20:.0f}",
+            "memory x forward": f"{x_memory:.1f}"}
 
 
 def main() -> None:
@@ -233,6 +249,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help="comma-separated labels to run")
     parser.add_argument("--lm", action="store_true", help="the LM criteria on GPT-2 MLP layers")
+    parser.add_argument("--csv", default=str(DOCS_DATA / "bench_strategies_lm.csv"),
+                        help="--lm: where its table goes (the docs include it)")
     parser.add_argument("--windows", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lm-batches", type=int, default=8)

@@ -7,8 +7,10 @@ In a run of several ranks only rank 0 writes (the others skip every write silent
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -79,6 +81,15 @@ def write_text(path: str | Path, text: str, any_rank: bool = False) -> None:
 def write_json(path: str | Path, obj: Any, any_rank: bool = False) -> None:
     """`any_rank`: written by whichever rank calls (a failing rank's own report)."""
     write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n", any_rank)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """rows as CSV, the first row's keys as the header (the benchmark tables of scripts/)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
