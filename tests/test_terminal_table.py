@@ -32,7 +32,8 @@ def test_make_run_table_fits_100_columns_with_the_main_columns(tmp_path):
     lines = table_lines(proc.stdout)
     assert len(lines) == 4 + 5, proc.stdout  # top, header, rule, 5 rows, bottom
     assert max(map(cell_len, lines)) <= 100
-    assert headers(lines)[:2] == ["strategy", "variant"]
+    assert headers(lines)[:2] == ["strategy", "target"]  # a varying variant joins its strategy
+    assert any("gradient/snip" in line for line in lines)
     assert set(HEADERS_AT_100) <= set(headers(lines))
     # the full set stays in the files
     md = (tmp_path / "sweep" / "comparison.md").read_text()

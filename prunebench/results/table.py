@@ -363,16 +363,17 @@ def cell(g: dict, metric: str, fmt: str) -> str:
     return text
 
 
-def speedup_cell(g: dict, text: str, fmt: str) -> str:
+def speedup_cell(g: dict, text: str, fmt: str, spread: bool = True) -> str:
     """`1.00x (dense)` when no layer left its dense kernel; one run's speedup with its 95%
-    interval, several runs' mean ± std; `n.s.` when a run's interval contains 1."""
+    interval, several runs' mean ± std (not with spread=False: the terminal's narrow cell);
+    `n.s.` when a run's interval contains 1."""
     if g.get("speedup_form") == "dense":
         return text + " (dense)"
     low, high = g.get("speedup_low_mean"), g.get("speedup_high_mean")
-    if g.get("n") == 1 and _finite(low) and _finite(high):
+    if spread and g.get("n") == 1 and _finite(low) and _finite(high):
         bare = fmt.rstrip("x")
         text += f" [{_fmt(low, bare)}, {_fmt(high, bare)}]"
-    elif _finite(g.get("speedup_std")):
+    elif spread and _finite(g.get("speedup_std")):
         text += " ± " + _fmt(g["speedup_std"], fmt)
     return text + (" n.s." if g.get("speedup_significant") is False else "")
 
@@ -484,6 +485,15 @@ def _terminal_versus(g: dict, shared: str | None) -> str:
     return text + (f" p={g['p_value']:.2g}" if _finite(g.get("p_value")) else "")
 
 
+def terminal_cell(g: dict, metric: str, fmt: str) -> str:
+    """A narrow cell: ± std on the final metric only, the speedup without its interval (the
+    files have both for every column)."""
+    if metric in ("final_acc", "final_ppl"):
+        return cell(g, metric, fmt)
+    text = _fmt(g.get(f"{metric}_mean"), fmt)
+    return speedup_cell(g, text, fmt, spread=False) if metric == "speedup" and text else text
+
+
 def _width(table: Table) -> int:
     """The widest line of `table` rendered without a width limit."""
     wide = Console(width=10_000, file=_io.StringIO(), color_system=None)
@@ -544,10 +554,8 @@ def show(groups: list[dict], title: str = "prunebench comparison",
             column.no_wrap, column.overflow = True, "ellipsis"
         for i, g in enumerate(groups):
             style = "bold green" if i in best else (None if g["status"] == "ok" else "red")
-            # ± std on the final metric only; the files have it for every column
             cells = [key_cell(g, k) for k in keys] + [str(g["n"])] + [
-                cell(g, m, f) if m in ("final_acc", "final_ppl") else
-                _fmt(g.get(f"{m}_mean"), f) for m, _, f in metrics]
+                terminal_cell(g, m, f) for m, _, f in metrics]
             cells += [_terminal_versus(g, shared)] if baselines else []
             cells += [notes[i]] if any(notes) else []
             # cells come from files anyone may have written: escape rich markup like "[/]"
