@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from prunebench.config import schema
 
 GROUPS = (*schema.GROUPS, "logger")
+REQUIRED = "set by the option"  # a MISSING default: each group option sets it
 # `key: value   # comment` at the top level of a group option's YAML
 YAML_KEY = re.compile(r"^(?P<key>[A-Za-z_][\w]*):\s*(?P<value>[^#]*?)\s*(?:#\s*(?P<help>.*))?$")
 
@@ -42,7 +43,7 @@ def _default(f) -> str:
     else:
         return ""
     if value == MISSING:
-        return "set by the option"
+        return REQUIRED
     return value if isinstance(value, str) else json.dumps(value)  # YAML's null, true, []
 
 
@@ -68,6 +69,12 @@ def undocumented(keys: list[Key] | None = None) -> list[str]:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def _default_cell(default: str) -> str:
+    if default == REQUIRED:
+        return f"*{default}*"
+    return f"`{default}`" if default else ""
 
 
 def _row(*cells: str) -> str:
@@ -96,8 +103,8 @@ def schema_markdown(keys: list[Key] | None = None) -> str:
         if section:
             out += [helps[section][:1].upper() + helps[section][1:] + ".", ""]
         out += ["| key | type | default | what it sets |", "|---|---|---|---|"]
-        out += [_row(f"`{k.name}`", f"`{k.type}`", f"`{k.default}`" if k.default else "",
-                     k.help) for k in members]
+        out += [_row(f"`{k.name}`", f"`{k.type}`", _default_cell(k.default), k.help)
+                for k in members]
         out.append("")
     return "\n".join(out)
 
