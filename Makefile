@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 
 docs: install  # the documentation site (mkdocs.yml, docs/) at http://127.0.0.1:8000
-	$(BIN)/mkdocs serve
+	$(BIN)/python -m mkdocs serve
 
 clean:
 	rm -rf build dist site *.egg-info .pytest_cache .ruff_cache .hypothesis
