@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build, distributed
 from prunebench.config import checks, inputs
+from prunebench.data import batches
 from prunebench.models import checkpoint
 from prunebench.pruning import controls, latency, macs, recovery
 from prunebench.pruning.masks import check_exclude, prunable_weights
@@ -130,7 +131,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
         extra["compact"] = compact.run(cfg, model, data, out_dir)
     if OmegaConf.select(cfg, "export.semi_structured", default=False):
         from prunebench.pruning import semi_structured
-        extra["semi_structured"] = semi_structured.run(model, data.test.x[:cfg.train.batch_size])
+        extra["semi_structured"] = semi_structured.run(
+            model, next(batches(data, data.test, cfg.train.batch_size))[0])
     if export.wanted(cfg):  # ONNX / safetensors files, checked after writing
         extra["exports"] = export.run(cfg, model, data, out_dir)
     if cfg.inference.measure:  # dense, masked, sparse (CSR) and compact forms timed
@@ -166,8 +168,6 @@ def setup(cfg: DictConfig) -> tuple:
     check_exclude(model, strategy.exclude)
     strategy.check_model(model, prunable_weights(model, strategy.exclude))
     if strategy.granularity == "neuron":  # and so does a model whose units cannot be traced
-        from prunebench.data import batches
-
         strategy.trace(model, next(batches(data, data.train, 2))[0])
     return device, data, model, strategy
 

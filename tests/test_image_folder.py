@@ -26,18 +26,32 @@ def test_folders_are_classes_images_resized_and_cached(tmp_path):
     # normalization from the training split, by hand: each channel is 200 once, 40 twice
     mean = torch.tensor([(200 + 40 + 40) / 3 / 255] * 3)
     assert torch.allclose(data.mean, mean, atol=1e-6)
-    cached = list((tmp_path / "cache").glob("image_folder-pets-*-uint8.pt"))
+    cached = list((tmp_path / "cache").glob("image_folder-pets-*-uint8"))
     assert len(cached) == 1
     # a second load reads the cache; a changed folder is read again under a new name
-    os.utime(cached[0], (0, 0))
-    load(str(tmp_path / "pets"), image_size=4, root=str(tmp_path / "cache"))
-    assert list((tmp_path / "cache").glob("image_folder-pets-*-uint8.pt")) == cached
-    assert cached[0].stat().st_mtime == 0  # read, not written again
+    os.utime(cached[0] / "train_x.u8", (0, 0))
+    again = load(str(tmp_path / "pets"), image_size=4, root=str(tmp_path / "cache"))
+    assert list((tmp_path / "cache").glob("image_folder-pets-*-uint8")) == cached
+    assert (cached[0] / "train_x.u8").stat().st_mtime == 0  # read, not written again
+    # the images are the file's pages, mapped (numpy.memmap), not a copy in memory
+    assert mapped_from(again.train.x) == str(cached[0] / "train_x.u8")
+    assert (cached[0] / "train_x.u8").stat().st_size == 18 * 3 * 4 * 4
     write_image_folder(tmp_path / "pets", n_train=7, test_name="val")
     data = load(str(tmp_path / "pets"), image_size=4, root=str(tmp_path / "cache"),
                 val_fraction=0)
     assert len(data.train.y) == 21
-    assert len(list((tmp_path / "cache").glob("image_folder-pets-*-uint8.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("image_folder-pets-*-uint8"))) == 2
+
+
+def mapped_from(tensor: torch.Tensor) -> str | None:
+    """The file whose mapping (/proc/self/maps) holds the tensor's memory, if any."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        low, high = (int(a, 16) for a in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5] if len(fields) > 5 else None
+    return None
 
 
 def _error(path, **kw) -> str:

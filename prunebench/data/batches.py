@@ -20,12 +20,28 @@ from prunebench import distributed
 class Split:
     x: Tensor  # [N, C, H, W], uint8 (scale 255) or float (scale 1)
     y: Tensor  # [N], int64
+    # a memory-mapped image file (data/mapped.py): the rows of `x` this split holds, in its
+    # order; `x` then stays on the host and each batch is moved to the device of `y`
+    rows: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device: torch.device) -> Split:
+        if self.rows is not None:
+            return Split(self.x, self.y.to(device), self.rows)
         return Split(self.x.to(device), self.y.to(device))
+
+    def images(self, idx: Tensor) -> Tensor:
+        """The raw rows at positions `idx` of the split, on the device of `y`."""
+        if self.rows is None:
+            return self.x.index_select(0, idx)
+        rows = self.rows.index_select(0, idx.cpu())
+        return self.x.index_select(0, rows).to(self.y.device, non_blocking=True)
+
+    def resident(self) -> Tensor:
+        """All of `x` in memory (small splits, and what only ever reads a few rows)."""
+        return self.x if self.rows is None else self.x[self.rows]
 
 
 @dataclass
@@ -67,20 +83,20 @@ def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = Fal
     taken, so its random draws are those of the one-process run.
     """
     n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.x.device) if shuffle else None
+    order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
     shape = (1, -1) + (1,) * (split.x.dim() - 2)
     offset = (data.mean * data.scale).view(shape)
     inv = (1.0 / (data.std * data.scale)).view(shape)
     augment = data.augment if train and data.task != "lm" else None
     sharded = shard and distributed.active()
     for start in range(0, n, batch_size):
-        if order is None and not sharded:  # a slice: no copy of uint8 or token data
+        if order is None and not sharded and split.rows is None:  # a slice: no copy
             xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
         else:
             idx = (order[start:start + batch_size] if order is not None
-                   else torch.arange(start, min(start + batch_size, n), device=split.x.device))
+                   else torch.arange(start, min(start + batch_size, n), device=split.y.device))
             part = distributed.shard(idx) if sharded else idx
-            xb = split.x.index_select(0, idx if augment is not None else part)
+            xb = split.images(idx if augment is not None else part)
             yb = split.y.index_select(0, part)
         if data.task == "lm":  # token ids: nothing to normalize or augment
             yield xb, yb
@@ -94,12 +110,16 @@ def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = Fal
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
-    """Split a seeded random `fraction` of the training set off as validation."""
+    """Split a seeded random `fraction` of the training set off as validation (a mapped
+    split is carved by its rows: nothing is read)."""
     if fraction <= 0:
         return train, None
     n_val = max(1, round(len(train) * fraction))
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if train.rows is not None:
+        return (Split(train.x, train.y[train_idx], train.rows[train_idx]),
+                Split(train.x, train.y[val_idx], train.rows[val_idx]))
     return (Split(train.x[train_idx], train.y[train_idx]),
             Split(train.x[val_idx], train.y[val_idx]))
 

@@ -3,9 +3,10 @@
     DIR/train/<class>/*.png|jpg|...      DIR/test/<class>/... (or DIR/val/<class>/...)
 
 Class names are the folder names (sorted, as ImageFolder does); both splits must have the
-same. Images are resized to `image_size` and decoded once into uint8 tensors saved under
-`root`, the cache the other datasets use; the file's name carries a digest of the folder's
-file names, sizes and modification times, so a changed folder is read again. Normalization
+same. Images are resized to `image_size` and decoded once, by `workers` processes, into a
+uint8 cache under `root` that runs open memory-mapped (data/mapped.py: a folder bigger than
+memory trains with memory bounded by the batch); the cache's name carries a digest of the
+folder's file names, sizes and modification times, so a changed folder is read again. Normalization
 comes from the training split. Every problem is one line naming the path.
 """
 
@@ -17,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.checks import ConfigError, number
+from prunebench.data import mapped
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation
 from prunebench.data.vision import uint8_channel_stats
-from prunebench.runstate import files
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -33,7 +33,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 def load(path: str | None = None, image_size: int = 32, channels: int = 3,
          name: str = "image_folder",
          root: str = "data", val_fraction: float = 0.1, split_seed: int = 0,
-         augment: bool = False, crop_padding: int = 4) -> Dataset:
+         augment: bool = False, crop_padding: int = 4, workers: int | None = None
+         ) -> Dataset:
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels={channels} is invalid: allowed 1 (grey), 3 (RGB)")
     if not path:
@@ -48,11 +49,15 @@ def load(path: str | None = None, image_size: int = 32, channels: int = 3,
         where = splits["test"] if odd in train_classes else splits["train"]
         raise ConfigError(f"dataset.path: class {odd!r} has no folder in {where} (train and "
                           f"test must have the same class folders)")
-    tensors = cached_tensors(folder, listing, image_size, channels, Path(root).expanduser())
-    train = Split(tensors["train_x"], tensors["train_y"])
-    test = Split(tensors["test_x"], tensors["test_y"])
+    if workers is None:
+        workers = mapped.default_workers()
+    number("dataset.workers", workers, low=1, integer=True, allowed="an integer >= 1")
+    tensors = cached_tensors(folder, listing, image_size, channels, Path(root).expanduser(),
+                             workers)
+    train, test = (Split(tensors[f"{s}_x"], tensors[f"{s}_y"],
+                         torch.arange(len(tensors[f"{s}_y"]))) for s in ("train", "test"))
     train, val = carve_validation(train, val_fraction, split_seed)
-    mean, std = uint8_channel_stats(train.x)
+    mean, std = uint8_channel_stats(train)
     return Dataset(name, train, test, val, (channels, image_size, image_size),
                    len(train_classes), mean, std, 255.0,
                    crop_flip(crop_padding) if augment else None)
@@ -95,41 +100,37 @@ def digest(listing: dict[str, dict[str, list[Path]]], image_size: int, channels:
 
 
 def cached_tensors(folder: Path, listing: dict, image_size: int, channels: int,
-                   root: Path) -> dict:
-    path = root / f"image_folder-{folder.name}-{digest(listing, image_size, channels)}-uint8.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception as err:  # truncated: decode again, never trust it
-            log.warning("%s is unreadable (%s); decoding the folder again", path,
-                        type(err).__name__)
-    tensors: dict = {"version": CACHE_VERSION, "classes": sorted(listing["train"])}
-    for split, classes in listing.items():
-        tensors[f"{split}_x"], tensors[f"{split}_y"] = decode(classes, image_size, channels)
-    files.save_torch(path, tensors)
-    log.info("decoded %s into %s (%d train, %d test images, %d classes, %dx%d)", folder, path,
-             len(tensors["train_y"]), len(tensors["test_y"]), len(tensors["classes"]),
-             image_size, image_size)
-    return tensors
+                   root: Path, workers: int) -> dict:
+    """The decoded folder, memory-mapped (data/mapped.py), decoding it first if needed."""
+    cache = root / f"image_folder-{folder.name}-{digest(listing, image_size, channels)}-uint8"
+
+    def build(into: Path) -> dict:
+        shapes = {}
+        for split, classes in listing.items():
+            items = [(str(p), label) for label, paths in enumerate(classes.values())
+                     for p in paths]
+            shapes[split] = mapped.decode_split(into, split, items,
+                                                (channels, image_size, image_size),
+                                                decode_one, workers)
+        log.info("decoded %s into %s (%d train, %d test images, %d classes, %dx%d, %d "
+                 "workers)", folder, cache, shapes["train"][0], shapes["test"][0],
+                 len(listing["train"]), image_size, image_size, workers)
+        return {"shapes": shapes, "classes": sorted(listing["train"])}
+
+    return mapped.open_or_build(cache, build)
 
 
-def decode(classes: dict[str, list[Path]], image_size: int, channels: int
-           ) -> tuple[Tensor, Tensor]:
+def decode_one(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image as [C, H, W] uint8, resized; an unreadable file is one line naming it."""
     from PIL import Image
 
-    mode = "L" if channels == 1 else "RGB"
-    images, labels = [], []
-    for label, (_, paths) in enumerate(classes.items()):
-        for p in paths:
-            try:
-                with Image.open(p) as img:
-                    img = img.convert(mode).resize((image_size, image_size),
-                                                   Image.Resampling.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8).reshape(
-                        image_size, image_size, channels))
-            except Exception as err:
-                raise ConfigError(f"dataset.path: cannot read image {p} ({type(err).__name__})"
-                                  ) from None
-            labels.append(label)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.long)
+    channels, height, width = shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize(
+                (width, height), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).reshape(height, width, channels
+                                                           ).transpose(2, 0, 1)
+    except Exception as err:
+        raise ConfigError(f"dataset.path: cannot read image {path} ({type(err).__name__})"
+                          ) from None

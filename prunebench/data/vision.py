@@ -80,7 +80,7 @@ def load(name: str, root: str = "data", source_dir: str | None = None, download:
     train = Split(tensors["train_x"], tensors["train_y"])
     test = Split(tensors["test_x"], tensors["test_y"])
     train, val = carve_validation(train, val_fraction, split_seed)
-    mean, std = uint8_channel_stats(train.x)
+    mean, std = uint8_channel_stats(train)
     return Dataset(name, train, test, val, tuple(train.x.shape[1:]), len(tensors["classes"]),
                    mean, std, 255.0, crop_flip(crop_padding) if augment else None)
 
@@ -179,17 +179,18 @@ def as_tensors(data, targets) -> tuple[Tensor, Tensor]:
     return x.contiguous(), torch.as_tensor(targets, dtype=torch.long)
 
 
-def uint8_channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact per-channel mean and std of uint8 images from a 256-bin histogram (no float copy
-    of the whole split), in [0, 1] units."""
+def uint8_channel_stats(split: Split, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Exact per-channel mean and std of a split's uint8 images from 256-bin histograms,
+    `chunk` images at a time (no float copy, nor a whole copy of a mapped split), in [0, 1]
+    units."""
     values = torch.arange(256, dtype=torch.float64) / 255.0
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
-        n = counts.sum()
-        mean = (counts * values).sum() / n
-        var = (counts * (values - mean) ** 2).sum() / (n - 1).clamp_min(1)
-        means.append(mean)
-        stds.append(var.sqrt().clamp_min(1e-6))
-    return torch.stack(means).float(), torch.stack(stds).float()
+    counts = torch.zeros(split.x.shape[1], 256, dtype=torch.float64)
+    for start in range(0, len(split), chunk):
+        x = split.images(torch.arange(start, min(start + chunk, len(split))))
+        for c in range(x.shape[1]):
+            counts[c] += torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+    n = counts.sum(1)
+    means = (counts * values).sum(1) / n
+    var = (counts * (values - means[:, None]) ** 2).sum(1) / (n - 1).clamp_min(1)
+    return means.float(), var.sqrt().clamp_min(1e-6).float()
 

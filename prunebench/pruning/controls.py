@@ -111,13 +111,13 @@ def train_twin(kind: str, cfg: DictConfig, data: Dataset, run: Session, state: d
     from prunebench.pruning import recovery
 
     torch.manual_seed(cfg.seed)
-    model = build.model(cfg, data).to(data.train.x.device)
+    model = build.model(cfg, data).to(data.train.y.device)
     model.load_state_dict(state)
     twin_cfg = copy.deepcopy(cfg)
     twin_cfg.finetune.lr_scale = lr_scale
     twin = Session(twin_cfg, model, data, run.strategy, out_dir,  # never prunes: same layers
                    loss_fn=run.loss_fn)
-    twin.masks.update({n: m.to(data.train.x.device) for n, m in masks.items()})
+    twin.masks.update({n: m.to(data.train.y.device) for n, m in masks.items()})
     twin.masks.apply()
     recovery.after_mask_change(twin)
     twin.record("pruned")

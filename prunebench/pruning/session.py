@@ -87,7 +87,7 @@ class Session:
         def train_batches():
             return batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
                            generator=self.generator)
-        return PruneContext(train_batches, cross_entropy, self.data.train.x.device,
+        return PruneContext(train_batches, cross_entropy, self.data.train.y.device,
                             self.generator)
 
     def prune(self, amount: float | None) -> None:
@@ -95,7 +95,7 @@ class Session:
         if self.replay.active:
             return self.replay.event(self)
         start = time.perf_counter()
-        with memory.peak(self.data.train.x.device) as used:
+        with memory.peak(self.data.train.y.device) as used:
             new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
                                       self.context(), amount)
         self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
