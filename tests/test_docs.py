@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import BIN, ROOT, run_cli
 from omegaconf import OmegaConf
 
 from prunebench.config import reference, schema
-from tests.conftest import BIN, ROOT, run_cli
 
 DOCS = ROOT / "docs"
 # `<!-- docs-check: OVERRIDES -->` before a code block: its prunebench commands are run here,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 
+from conftest import run_cli
 from rich.cells import cell_len
 from rich.console import Console
 
 from prunebench.results import table
-from tests.conftest import run_cli
 
 HEADERS_AT_100 = ("strategy", "target", "n", "final acc", "Δ vs dense", "sparsity", "speedup",
                   "vs l1")
