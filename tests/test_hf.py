@@ -10,31 +10,19 @@ import math
 import pytest
 import torch
 from conftest import run_cli
+from tiny_lm import corpus_and_tokenizer
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-SENTENCES = ["the cat sat on the mat. ", "a dog ran to the park! ", "we like green tea; ",
-             "naïve café au lait. "]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model folder, text file): GPT-2 family, 2 blocks of width 32, 300-token BPE."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     root = tmp_path_factory.mktemp("hf")
-    corpus = root / "tiny.txt"
-    corpus.write_text("".join(SENTENCES[i % 4] for i in range(200)), encoding="utf-8")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>",
-                                                     eos_token="<eos>")
+    corpus, tokenizer = corpus_and_tokenizer(root)
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32,
                                      n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1)

@@ -10,6 +10,13 @@ projection outside the blocks stay dense (`dense_by_default`). GPT-2 keeps its b
 transformers' Conv1D (weight [in, out]); those are converted to nn.Linear at load, so masks,
 N:M patterns along the input dimension, Wanda's rows and SparseGPT's columns mean the same for
 every family.
+
+`model.dtype` (float32 | bfloat16 | float16) is the dtype the weights are loaded, pruned,
+evaluated and saved in; the criteria's calibration statistics and Hessians accumulate in
+float32 whatever it is (strategies/calibration.py reads each layer's inputs as float32, as
+Wanda's and SparseGPT's code do), and the logits are returned in float32.
+
+granularity=neuron: see `HFCausalLM.declared_units` (a gated MLP's channels; attention whole).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from prunebench.config.checks import ConfigError
 from prunebench.models.hub import offline_unless_reachable
 
 log = logging.getLogger(__name__)
+DTYPES = ("float32", "bfloat16", "float16")
+GATED_MLP = ("gate_proj", "up_proj", "down_proj")  # Llama, Mistral, Qwen2's MLP
 
 
 def require_transformers():
@@ -57,14 +66,18 @@ def first_line(err: BaseException) -> str:
 
 class HFCausalLM(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
-                 tokenizer: str | None = None, revision: str | None = None):
+                 tokenizer: str | None = None, revision: str | None = None,
+                 dtype: str = "float32"):
         super().__init__()
+        if dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={dtype} is invalid: allowed {', '.join(DTYPES)}")
         transformers = require_transformers()
         local = Path(name).expanduser()
         offline_unless_reachable(f"model.name={name}", name)
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(local) if local.is_dir() else name, revision=revision, dtype=torch.float32)
+                str(local) if local.is_dir() else name, revision=revision,
+                dtype=getattr(torch, dtype))
         except (OSError, ValueError) as err:
             where = "folder" if local.is_dir() else "local folder, nor a hub id reachable now"
             raise ConfigError(f"model.name={name} is not a loadable {where}: "
@@ -85,7 +98,27 @@ class HFCausalLM(nn.Module):
                  f", {converted} Conv1D layers as Linear" if converted else "")
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=idx, use_cache=False).logits
+        # logits in float32 whatever the weights' dtype: losses and perplexities are sums
+        return self.model(input_ids=idx, use_cache=False).logits.float()
+
+    def declared_units(self) -> dict[str, list[tuple[str, int]]] | None:
+        """granularity=neuron on a gated MLP (Llama, Mistral, Qwen2): a unit is one hidden
+        channel, removed whole across gate_proj and up_proj (a row each) and down_proj (a
+        column). Attention stays whole: its query heads are tied to shared key-value groups,
+        and a Hugging Face config holds one head count for every layer, so a model with
+        fewer heads in some layers would not load with from_pretrained. None for other
+        families (GPT-2), whose units Torch-Pruning traces."""
+        units = {}
+        for name, module in self.named_modules():
+            layers = [getattr(module, part, None) for part in GATED_MLP]
+            if not all(isinstance(layer, nn.Linear) for layer in layers):
+                continue
+            gate, up, down = (f"{name}.{part}" for part in GATED_MLP)
+            units[f"{gate}.weight"] = [
+                *((f"{gate}.{p}", 0) for p, _ in layers[0].named_parameters()),
+                *((f"{up}.{p}", 0) for p, _ in layers[1].named_parameters()),
+                (f"{down}.weight", 1)]
+        return units or None
 
 
 def linear_from_conv1d(model: nn.Module) -> int:
@@ -95,7 +128,7 @@ def linear_from_conv1d(model: nn.Module) -> int:
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, Conv1D)]
     for name, conv in found:
         inputs, outputs = conv.weight.shape
-        linear = nn.Linear(inputs, outputs, bias=conv.bias is not None)
+        linear = nn.Linear(inputs, outputs, bias=conv.bias is not None, dtype=conv.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(conv.weight.T)
             if conv.bias is not None:

@@ -45,13 +45,35 @@ def compact(model: nn.Module, example: Tensor) -> tuple[nn.Module, dict]:
         if len(dead[weight]) == size:  # a collapsed layer keeps one all-zero unit
             collapsed.append(weight)
             dead[weight] = dead[weight][1:]
-        if dead[weight]:
+        if dead[weight] and units.graph is not None:
             units.group(weight, dead[weight]).prune()
         widths[weight] = [size - len(dead[weight]), size]
+    if units.graph is None:  # a model that declares its units: [weight, removed units]
+        history = [[w, d] for w, d in dead.items() if d]
+        remove_declared(small, units.declared, history)
+        return small, {"widths": widths, "fixed": units.fixed, "collapsed": collapsed,
+                       "pruning_history": history, "declared": True}
     history = [[name, bool(out), [int(i) for i in idxs]]
                for name, out, idxs in units.graph.pruning_history()]
     return small, {"widths": widths, "fixed": units.fixed, "collapsed": collapsed,
                    "pruning_history": history}
+
+
+def remove_declared(model: nn.Module, declared: dict[str, list[tuple[str, int]]],
+                    history: list) -> None:
+    """Remove the units in `history` ([weight, indices]) with every slice declared for them;
+    a Linear's in/out_features follow its new weight."""
+    for weight, removed in history:
+        for param, dim in declared[weight]:
+            module = model.get_submodule(param.rpartition(".")[0])
+            old = module.get_parameter(param.rpartition(".")[2])
+            kept = torch.ones(old.shape[dim], dtype=torch.bool)
+            kept[removed] = False
+            new = nn.Parameter(old.detach()[(slice(None),) * dim + (kept,)].clone(),
+                               requires_grad=old.requires_grad)
+            setattr(module, param.rpartition(".")[2], new)
+            if isinstance(module, nn.Linear):
+                module.out_features, module.in_features = module.weight.shape
 
 
 def save(path: Path, small: nn.Module, recipe: dict, model_cfg: dict,
@@ -59,7 +81,8 @@ def save(path: Path, small: nn.Module, recipe: dict, model_cfg: dict,
     """`tokens`: the model takes integer token ids (a language model), not float inputs."""
     state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
     files.save_torch(path, {"state_dict": state, "pruning_history": recipe["pruning_history"],
-                         "model": model_cfg, "input_shape": list(input_shape),
+                         "declared": recipe.get("declared", False), "model": model_cfg,
+                         "input_shape": list(input_shape),
                          "num_classes": num_classes, "tokens": tokens})
 
 
@@ -71,6 +94,10 @@ def load(path: str | Path) -> nn.Module:
                                   {"input_shape": shape, "num_classes": saved["num_classes"]})
     model = instantiate(node, **offered)
     model.eval()
+    if saved.get("declared"):
+        remove_declared(model, model.declared_units(), saved["pruning_history"])
+        model.load_state_dict(saved["state_dict"])
+        return model
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.zeros(2, *shape, dtype=torch.long if saved.get(

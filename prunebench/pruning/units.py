@@ -46,11 +46,15 @@ class Slice:
 class Units:
     """The removable units of a model: layers keyed by their weight's name."""
 
-    graph: tp.DependencyGraph
+    graph: tp.DependencyGraph | None  # None for a model that declares its units
     prunable: dict[str, nn.Module]  # weight name -> every Linear/Conv layer, in model order
     layers: dict[str, nn.Module]  # weight name -> layer whose units may be removed
     fixed: dict[str, str] = field(default_factory=dict)  # weight name -> why kept whole
     names: dict[nn.Module, str] = field(default_factory=dict)  # module -> its name
+    model: nn.Module | None = None
+    # a model's own declaration (its `declared_units()`): weight name -> the (parameter, dim)
+    # slices indexed like that layer's units, all removed together
+    declared: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
     def group(self, weight: str, units: list[int]) -> tp.Group:
         layer = self.layers[weight]
@@ -60,6 +64,9 @@ class Units:
     def activation_site(self, layer: nn.Module) -> tuple[nn.Module, bool]:
         """Where a layer's units come out: the norm layer right after it, if any, else the
         layer itself; and whether a ReLU follows there (ReLU modules or F.relu alike)."""
+        if self.graph is None:
+            raise ConfigError("strategy=activation reads traced units; this model declares its "
+                              "own (a gated MLP): use a weight-based criterion")
         node = self.graph.module2node[layer]
         if len(node.outputs) == 1 and isinstance(node.outputs[0].module, NORMS):
             node = node.outputs[0]
@@ -69,6 +76,8 @@ class Units:
 
     def slices(self, weight: str, units: list[int]) -> list[Slice]:
         """Every parameter slice removed with these units of `weight`'s layer."""
+        if self.graph is None:
+            return [Slice(param, dim, list(units)) for param, dim in self.declared[weight]]
         out = []
         for item in self.group(weight, units).items:
             module = item.dep.target.module
@@ -108,8 +117,14 @@ def example_input(model: nn.Module, x: Tensor) -> Tensor:
 def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -> Units:
     """Trace `model` (in eval mode, so norm statistics are untouched) and classify layers.
 
-    Layers left dense (strategy.exclude, the model's dense_by_default) are fixed.
+    Layers left dense (strategy.exclude, the model's dense_by_default) are fixed. A model
+    with a `declared_units()` that returns its units (models/hf.py: a Llama-family gated MLP,
+    which Torch-Pruning's trace of the whole residual stream cannot follow in reasonable time)
+    is taken at its word instead of traced.
     """
+    declared = getattr(model, "declared_units", lambda: None)()
+    if declared is not None:
+        return _declared_units(model, declared, exclude)
     was_training = model.training
     model.eval()
     try:
@@ -126,7 +141,7 @@ def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -
     names = {m: n for n, m in model.named_modules()}
     layers = {f"{n}.weight" if n else "weight": m
               for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
-    units = Units(graph, layers, {}, {}, names)
+    units = Units(graph, layers, {}, {}, names, model)
     classifier = list(layers.values())[-1]
     dense = dense_patterns(model, exclude)
     for weight, layer in layers.items():
@@ -137,6 +152,25 @@ def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -
             del units.layers[weight]
             units.fixed[weight] = reason
     _fix_units_that_break_the_forward(units, model, example)
+    return units
+
+
+def _declared_units(model: nn.Module, declared: dict[str, list[tuple[str, int]]],
+                    exclude: Sequence[str]) -> Units:
+    """Units a model declares: removable unless left dense; every other layer fixed."""
+    layers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    dense = dense_patterns(model, exclude)
+    units = Units(None, layers, {}, {}, {m: n for n, m in model.named_modules()}, model,
+                  declared)
+    coupled = {p: w for w, slices in declared.items() for p, _ in slices if p != w}
+    for weight, layer in layers.items():
+        if weight in declared and not is_dense(weight, dense):
+            units.layers[weight] = layer
+        elif weight in coupled:
+            units.fixed[weight] = f"its rows or columns go with the units of {coupled[weight]}"
+        else:
+            units.fixed[weight] = ("left dense" if is_dense(weight, dense) else
+                                   "not among the units the model declares removable")
     return units
 
 

@@ -153,7 +153,7 @@ class Strategy:
     def trace(self, model: nn.Module, x: Tensor) -> Units:
         """The removable units of `model`, traced on two samples of `x` the first time only:
         which units can go depends on the model's structure, not on its weights."""
-        if self.units is None or self.units.graph.model is not model:
+        if self.units is None or self.units.model is not model:
             # torch-pruning loads for structured runs only
             from prunebench.pruning.units import example_input, find_units
 
@@ -202,7 +202,7 @@ class Strategy:
             s = unit_sums({n: s}, masks)[n] if s.dim() > 1 else s.clone()
             unit_scores[n] = s.masked_fill(masks[n].flatten(1).sum(1) == 0, -torch.inf)
         keep = self._keep_units(unit_scores, amount)
-        params = dict(units.graph.model.named_parameters())
+        params = dict(units.model.named_parameters())
         removed = unit_masks(units, keep, params)
         new = {n: m * removed[n] if n in removed else m.clone() for n, m in masks.items()}
         self.coupled = {n: m for n, m in removed.items() if n not in masks}

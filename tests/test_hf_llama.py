@@ -1,0 +1,163 @@
+"""model=hf on the Llama family (Llama, Mistral, Qwen2: grouped-query attention, RMSNorm, a
+gated MLP): tiny random models built and saved here, pruned offline through the CLI by every
+LM criterion, N:M, OWL and neuron granularity, in float32, bfloat16 and float16."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from tiny_lm import FAMILIES, corpus_and_tokenizer, save_family
+
+transformers = pytest.importorskip("transformers")
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    """(folders by family, text file)."""
+    root = tmp_path_factory.mktemp("llama")
+    corpus, tokenizer = corpus_and_tokenizer(root)
+    return {f: save_family(root, f, tokenizer) for f in FAMILIES}, corpus
+
+
+def sweep(tmp_path, folder, corpus, *args) -> list[tuple[dict, object]]:
+    """A multirun of the CLI (one process) on a tiny model, no training, half pruned:
+    [(results.json, run folder)] in sweep order."""
+    out = tmp_path / "sweep"
+    run_cli(["-m", f"hydra.sweep.dir={out}", "cache.enabled=false", "model=hf",
+             f"model.name={folder}", "dataset=text", f"dataset.path={corpus}",
+             "dataset.seq_len=32", "optimizer=adamw", "train.epochs=0", "finetune.epochs=0",
+             "train.batch_size=8", "strategy.amount=0.5", *args], cwd=tmp_path, env=OFFLINE)
+    runs = sorted((p for p in out.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return [(json.loads((p / "results.json").read_text()), p) for p in runs]
+
+
+def weight_names(layers: int = 2) -> list[str]:
+    return [f"model.model.layers.{i}.{layer}.weight" for i in range(layers) for layer in LAYERS]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_lm_criterion_prunes_each_family(tmp_path, family_models, family):
+    """Magnitude, Wanda and SparseGPT at 50% unstructured and 2:4: every block Linear (and
+    nothing else) loses its half (per layer; 2 of every 4 inputs with 2:4); magnitude's mask
+    is the brute-force top half of |W| over all block weights; SparseGPT moves the kept
+    weights, the others keep them as they were."""
+    folders, corpus = family_models
+    dense = transformers.AutoModelForCausalLM.from_pretrained(folders[family]).state_dict()
+    runs = sweep(tmp_path, folders[family], corpus, "strategy=l1,wanda,sparsegpt",
+                 "strategy.pattern=null,2:4")
+    assert [(r["config"]["strategy"]["name"], r["config"]["strategy"]["pattern"])
+            for r, _ in runs] == [(s, p) for s in ("l1", "wanda", "sparsegpt")
+                                  for p in (None, "2:4")]
+    for results, folder in runs:
+        strategy = results["config"]["strategy"]
+        name, pattern = strategy["name"], strategy["pattern"]
+        assert results["status"] == "ok"
+        assert [layer["name"] for layer in results["pruned"]["layers"]] == weight_names()
+        assert results["pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        pruned = torch.load(folder / "checkpoints" / "pruned.pt")
+        for n in weight_names():
+            w, before = pruned[n], dense[n.removeprefix("model.")]
+            if pattern or name != "l1":  # per layer (per row for Wanda; 2 of 4 with 2:4)
+                assert (w == 0).float().mean() == pytest.approx(0.5, abs=1e-3), (name, n)
+            if pattern:
+                assert ((w.view(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), (name, n)
+            kept = w != 0
+            moved = not torch.equal(w[kept], before[kept])
+            assert moved == (name == "sparsegpt"), (name, n)
+        for n in ("model.model.embed_tokens.weight", "model.lm_head.weight",
+                  "model.model.norm.weight"):
+            assert torch.equal(pruned[n], dense[n.removeprefix("model.")])
+        if name == "l1" and pattern is None:  # global magnitude: the top half of all |W|
+            everything = torch.cat([dense[n.removeprefix("model.")].abs().flatten()
+                                    for n in weight_names()])
+            threshold = everything.kthvalue(everything.numel() // 2).values
+            for n in weight_names():  # (bfloat16-rounded weights tie at the threshold)
+                size, kept = dense[n.removeprefix("model.")].abs(), pruned[n] != 0
+                assert (size[kept] >= threshold).all() and (size[~kept] <= threshold).all()
+
+
+
+def test_neuron_granularity_removes_whole_mlp_channels(tmp_path, family_models):
+    """granularity=neuron on each family and criterion: half of every MLP's 64 channels go,
+    each as a whole (its gate_proj and up_proj rows and its down_proj column); attention stays
+    as it was; the compact model read back by prunebench's reader computes what the masked
+    final model does."""
+    from prunebench.models.hf import HFCausalLM
+    from prunebench.pruning import compact
+
+    folders, corpus = family_models
+    runs = sweep(tmp_path, ",".join(str(folders[f]) for f in FAMILIES), corpus,
+                 "strategy=l2,wanda,sparsegpt", "strategy.granularity=neuron",
+                 "strategy.scope=layer")
+    assert len(runs) == 9
+    for results, folder in runs:
+        assert results["status"] == "ok"
+        model_folder = results["config"]["model"]["name"]
+        dense = transformers.AutoModelForCausalLM.from_pretrained(model_folder).state_dict()
+        final = torch.load(folder / "checkpoints" / "final.pt")
+        mlp = [f"model.model.layers.{i}.mlp" for i in range(2)]
+        assert results["compact"]["widths"] == {f"{m}.gate_proj.weight": [32, 64] for m in mlp}
+        for m in mlp:
+            gone = (final[f"{m}.gate_proj.weight"] == 0).all(1)
+            assert gone.sum() == 32
+            assert torch.equal((final[f"{m}.up_proj.weight"] == 0).all(1), gone)
+            assert torch.equal((final[f"{m}.down_proj.weight"] == 0).all(0), gone)
+            kept = dense[f"{m}.gate_proj.weight".removeprefix("model.")][~gone]
+            assert torch.equal(final[f"{m}.gate_proj.weight"][~gone], kept)
+        for n in weight_names():
+            if "self_attn" in n:
+                assert torch.equal(final[n], dense[n.removeprefix("model.")]), n
+                assert "declares" in results["compact"]["fixed"][n]
+        vocabulary = transformers.AutoConfig.from_pretrained(model_folder).vocab_size
+        masked = HFCausalLM((32,), vocabulary, name=model_folder).eval()
+        masked.load_state_dict(final)
+        small = compact.load(folder / "checkpoints" / "compact.pt")
+        assert small.model.model.layers[0].mlp.up_proj.weight.shape == (32, 32)
+        x = torch.randint(vocabulary, (2, 32))
+        with torch.no_grad():
+            expected = masked(x)
+            assert torch.allclose(small(x), expected, rtol=1e-5,
+                                  atol=1e-5 * expected.abs().max())
+
+
+def test_owl_spreads_the_sparsity_over_each_familys_layers(tmp_path, family_models):
+    """allocation=owl with Wanda on each family: 50% in all, the layers' densities spread
+    over at most 2 x strategy.owl_lambda (0.08) around it, not all equal."""
+    folders, corpus = family_models
+    runs = sweep(tmp_path, ",".join(str(folders[f]) for f in FAMILIES), corpus,
+                 "strategy=wanda", "strategy.allocation=owl", "strategy.sequential=false")
+    for results, _ in runs:
+        assert results["status"] == "ok"
+        assert results["pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        sparsities = [1 - layer["nonzero"] / layer["params"]
+                      for layer in results["pruned"]["layers"]]
+        assert 0.01 < max(sparsities) - min(sparsities) <= 2 * 0.08 + 1e-3, sparsities
+
+
+def test_half_precision_prunes_to_the_float32_masks(tmp_path, family_models):
+    """model.dtype=bfloat16 / float16 on weights that all three dtypes hold exactly: magnitude
+    gives float32's masks exactly; Wanda and SparseGPT, whose calibration statistics
+    accumulate in float32 from activations computed in the lower precision, agree with
+    float32's masks but for near-ties; every checkpoint is in the dtype asked for."""
+    folders, corpus = family_models
+    runs = sweep(tmp_path, str(folders["llama"]), corpus, "strategy=l1,wanda,sparsegpt",
+                 "model.dtype=float32,bfloat16,float16")
+    masks = {}
+    for results, folder in runs:
+        assert results["status"] == "ok"
+        name, dtype = results["config"]["strategy"]["name"], results["config"]["model"]["dtype"]
+        pruned = torch.load(folder / "checkpoints" / "pruned.pt")
+        assert all(pruned[n].dtype == getattr(torch, dtype) for n in weight_names())
+        masks[name, dtype] = torch.cat([(pruned[n] != 0).flatten() for n in weight_names()])
+    for dtype in ("bfloat16", "float16"):
+        assert torch.equal(masks["l1", dtype], masks["l1", "float32"])
+        for name in ("wanda", "sparsegpt"):  # measured: at most 0.03% of the weights differ
+            differ = (masks[name, dtype] != masks[name, "float32"]).float().mean().item()
+            assert differ <= 1e-3, (name, dtype, differ)
