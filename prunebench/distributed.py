@@ -44,7 +44,7 @@ def init() -> None:
     global _run_id
     if not launched() or dist.is_initialized():
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if "WORLD_SIZE" not in os.environ:  # not torchrun: a task of a submitit job
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -60,7 +60,9 @@ def close() -> None:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is up (a group of one under `torchrun --nproc-per-node=1` included:
+    the DDP path, with nothing to share)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
@@ -119,7 +121,7 @@ def local_device(device: torch.device) -> torch.device:
 
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

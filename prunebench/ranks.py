@@ -10,9 +10,11 @@ import os
 
 
 def launched() -> bool:
-    """Started as one of several ranks: by torchrun (WORLD_SIZE) or a multi-task Slurm job
-    of submitit (hydra/launcher=slurm with tasks_per_node or nodes > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or slurm_tasks() > 1
+    """Started as a rank: by torchrun (even alone: --nproc-per-node=1 still runs DDP, over a
+    group of one) or as one of several tasks of a submitit job (hydra/launcher=slurm with
+    tasks_per_node or nodes > 1)."""
+    return ("TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+            or slurm_tasks() > 1)
 
 
 def env_rank() -> int:
