@@ -46,6 +46,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     try:
         inputs.check(cfg)
         checks.check(cfg)
+        export.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None:
             results = finished

@@ -161,3 +161,59 @@ def test_half_precision_prunes_to_the_float32_masks(tmp_path, family_models):
         for name in ("wanda", "sparsegpt"):  # measured: at most 0.03% of the weights differ
             differ = (masks[name, dtype] != masks[name, "float32"]).float().mean().item()
             assert differ <= 1e-3, (name, dtype, differ)
+
+
+def test_export_hf_loads_with_from_pretrained_to_equal_logits(tmp_path, family_models):
+    """export.hf=true on each family, at weight and at neuron granularity: hf/ holds
+    safetensors, config and tokenizer; transformers alone loads it and computes the logits of
+    the masked final model; at neuron granularity the saved config says 32 MLP channels and
+    the weights are that small."""
+    from prunebench.models.hf import HFCausalLM
+
+    folders, corpus = family_models
+    runs = sweep(tmp_path, ",".join(str(folders[f]) for f in FAMILIES), corpus, "strategy=l2",
+                 "strategy.scope=layer", "strategy.granularity=weight,neuron", "export.hf=true")
+    assert len(runs) == 6
+    for results, folder in runs:
+        assert results["status"] == "ok"
+        neuron = results["config"]["strategy"]["granularity"] == "neuron"
+        export = next(e for e in results["exports"] if e["file"] == "hf")
+        hf = folder / "hf"
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in hf.iterdir()}
+        assert not [p for p in folder.iterdir() if p.name.startswith(".prunebench-tmp")]
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
+        assert loaded.config.intermediate_size == (32 if neuron else 64)
+        assert loaded.model.layers[1].mlp.down_proj.weight.shape == (32, 32 if neuron else 64)
+        model_folder = results["config"]["model"]["name"]
+        vocabulary = loaded.config.vocab_size
+        masked = HFCausalLM((32,), vocabulary, name=model_folder).eval()
+        masked.load_state_dict(torch.load(folder / "checkpoints" / "final.pt"))
+        x = torch.randint(vocabulary, (2, 32))
+        with torch.no_grad():
+            expected = masked(x)
+            diff = (loaded(input_ids=x).logits - expected).abs().max().item()
+        assert diff <= 1e-5 * expected.abs().max().item(), diff
+        assert export["max_abs_diff"] <= 1e-5 * expected.abs().max().item()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
+        assert tokenizer("the cat")["input_ids"] == transformers.AutoTokenizer.from_pretrained(
+            model_folder)("the cat")["input_ids"]
+
+
+@pytest.mark.parametrize("args, key", [
+    (["model=gpt", "export.hf=true"], "export.hf"),
+    (["model=hf", "export.hf=true", "strategy=l2", "strategy.scope=global"],
+     "strategy.scope=layer"),
+    (["model=hf", "model.dtype=float64"], "model.dtype"),
+])
+def test_llm_keys_are_checked_in_one_line(tmp_path, family_models, args, key):
+    folders, corpus = family_models
+    if "model=hf" in args:
+        args = [*args, f"model.name={folders['llama']}"]
+    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "dataset=text",
+                    f"dataset.path={corpus}", "dataset.seq_len=32", "train.epochs=0", *args],
+                   cwd=tmp_path, check=False, env=OFFLINE)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and key in errors[0], proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -141,6 +141,8 @@ class Export:
     semi_structured: bool = key(False, "CUDA: 2:4 Linears as sparse semi-structured tensors, "
                                        "latency against dense")
     sparse: bool = key(False, "checkpoints/final_sparse.pt: prunable weights as CSR parts")
+    hf: bool = key(False, "model=hf: hf/ in the run folder, save_pretrained's format "
+                          "(safetensors, config, tokenizer), checked by from_pretrained")
 
 
 @dataclass

@@ -145,3 +145,28 @@ def outside_blocks(model: nn.Module) -> tuple[str, ...]:
                    and any(isinstance(c, nn.Linear) for c in m.modules())), None)
     return tuple(re.escape(n) for n, m in model.named_modules() if isinstance(m, nn.Linear)
                  and (blocks is None or not n.startswith(blocks + ".")))
+
+
+def save_folder(model: HFCausalLM, folder: Path, tokenizer: str | None) -> None:
+    """The wrapped transformers model written with save_pretrained (safetensors and its config)
+    and the tokenizer it was run with, so AutoModelForCausalLM.from_pretrained(folder) loads
+    it as it is. A model with MLP channels removed gets the config's `intermediate_size` of
+    its blocks (they must agree: transformers holds one for every layer)."""
+    inner = model.model
+    widths = {m.gate_proj.out_features for m in inner.modules()
+              if all(isinstance(getattr(m, part, None), nn.Linear) for part in GATED_MLP)}
+    if len(widths) > 1:
+        raise ConfigError(f"export.hf: the blocks' MLPs have {sorted(widths)} channels; a "
+                          f"transformers config holds one intermediate_size "
+                          f"(strategy.scope=layer removes the same number in every block)")
+    if widths and hasattr(inner.config, "intermediate_size"):
+        inner.config.intermediate_size = widths.pop()
+    inner.save_pretrained(folder, safe_serialization=True)
+    if tokenizer and tokenizer != "bytes":
+        load_tokenizer(tokenizer).save_pretrained(folder)
+
+
+def load_folder(folder: Path, dtype: torch.dtype) -> nn.Module:
+    """A folder written by `save_folder`, read back by transformers alone."""
+    transformers = require_transformers()
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()

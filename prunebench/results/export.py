@@ -7,6 +7,10 @@
     export.safetensors=true  checkpoints/final.safetensors (safetensors.torch.save_model)
     export.sparse=true       checkpoints/final_sparse.pt: prunable weights as CSR parts, with
                              its size against final.pt's (pruning/sparse.py)
+    export.hf=true           hf/ in the run folder (model=hf): the final model in transformers'
+                             own format (save_pretrained: safetensors, config, tokenizer), the
+                             compact one at granularity=neuron (intermediate_size updated),
+                             loaded back with from_pretrained and its logits compared
 
 results.json's `exports` lists {file, size (bytes), max_abs_diff (ONNX only)} per file.
 """
@@ -34,9 +38,24 @@ EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 
 def wanted(cfg: DictConfig) -> bool:
-    return any(OmegaConf.select(cfg, f"export.{k}", default=False) for k in ("onnx",
-                                                                             "safetensors",
-                                                                             "sparse"))
+    return any(OmegaConf.select(cfg, f"export.{k}", default=False)
+               for k in ("onnx", "safetensors", "sparse", "hf"))
+
+
+def check(cfg: DictConfig) -> None:
+    """export.hf's one-line errors, before any work."""
+    value = OmegaConf.select(cfg, "export.hf", default=False)
+    if value not in (True, False):
+        raise ConfigError(f"export.hf={value} is invalid: allowed true, false")
+    if not value:
+        return
+    if OmegaConf.select(cfg, "model._target_") != "prunebench.models.hf.HFCausalLM":
+        raise ConfigError("export.hf=true writes a Hugging Face model: it needs model=hf")
+    if (OmegaConf.select(cfg, "strategy.granularity") == "neuron"
+            and OmegaConf.select(cfg, "strategy.scope") != "layer"):
+        raise ConfigError("export.hf=true at strategy.granularity=neuron needs "
+                          "strategy.scope=layer: a transformers config holds one "
+                          "intermediate_size, so every block must keep as many channels")
 
 
 def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list[dict]:
@@ -56,6 +75,9 @@ def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list
         from prunebench.pruning import sparse
 
         exports.append(sparse.export(model, cfg, out_dir))
+    if OmegaConf.select(cfg, "export.hf", default=False):
+        x = next(batches(data, data.test, BATCH))[0].cpu()
+        exports.append(hf_folder(cfg, model, x, out_dir))
     for e in exports:
         log.info("export: %s, %s bytes%s", e["file"], f"{e['size']:,}",
                  f", max |onnxruntime - torch| {e['max_abs_diff']:.3g}" if "max_abs_diff" in e
@@ -93,6 +115,36 @@ def safetensors(model: nn.Module, path: Path) -> dict:
     # save_model drops the duplicates of tied weights, which save_file refuses
     _atomic_save(path, lambda tmp: save_model(copy.deepcopy(model).cpu(), tmp))
     return {"file": f"checkpoints/{path.name}", "size": path.stat().st_size}
+
+
+def hf_folder(cfg: DictConfig, model: nn.Module, x: Tensor, out_dir: Path) -> dict:
+    """hf/ written whole or not at all, then loaded by transformers and compared on `x`."""
+    import shutil
+    import tempfile
+
+    from prunebench.models import hf
+
+    compact_path = out_dir / "checkpoints" / "compact.pt"
+    if compact_path.exists():  # granularity=neuron: the smaller model
+        from prunebench.pruning import compact
+
+        model = compact.load(compact_path)
+    model = copy.deepcopy(model).cpu().eval()
+    path = out_dir / "hf"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{files.TMP_PREFIX}hf.", suffix=".tmp", dir=out_dir))
+    try:
+        hf.save_folder(model, tmp, OmegaConf.select(cfg, "model.tokenizer"))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    loaded = hf.load_folder(path, next(model.parameters()).dtype)
+    with torch.no_grad():
+        diff = float((loaded(input_ids=x).logits.float() - model(x)).abs().max())
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return {"file": "hf", "size": size, "max_abs_diff": diff}
 
 
 @contextmanager
