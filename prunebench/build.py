@@ -42,7 +42,7 @@ def model(cfg: DictConfig, data: Dataset) -> nn.Module:
     node, offered = own.arguments(cfg.model, {"input_shape": data.input_shape,
                                               "num_classes": data.num_classes})
     with rejected_as_config_error("model"):
-        return instantiate(node, **offered)
+        return own.checked_module(str(node._target_), instantiate(node, **offered))
 
 
 def strategy(cfg: DictConfig):

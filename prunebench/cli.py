@@ -107,15 +107,15 @@ def task(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweep composes per job
     from prunebench import distributed, runner  # torch loads here, after Hydra parsed the line
+    from prunebench.config import inputs
     from prunebench.config.checks import ConfigError
-    from prunebench.models import own
     from prunebench.results import objective, table
     from prunebench.runstate.resume import Interrupted, stop_on_signals
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     divide_threads(cfg, hydra_cfg)
-    own.replace_default_model(cfg, list(hydra_cfg.overrides.task))  # model._target_=yours
+    inputs.replace_default_model(cfg, list(hydra_cfg.overrides.task))  # model._target_=yours
     # in a sweep, a failed job is a row marked failed (results.json says why), not the end of
     # the sweep; nan tells sweepers such as optuna that the trial failed
     distributed.init()  # a multi-task Slurm job (submitit); torchrun's ranks joined in main

@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import build, distributed
 from prunebench.config import checks, inputs
 from prunebench.data import batches
-from prunebench.models import checkpoint
-from prunebench.pruning import controls, latency, macs, recovery
-from prunebench.pruning.masks import check_exclude, prunable_weights
+from prunebench.models import checkpoint, own
+from prunebench.pruning import controls, macs, recovery
+from prunebench.pruning.masks import check_exclude, check_prunable, prunable_weights
 from prunebench.pruning.session import Session
-from prunebench.results import emptiness, export, trackers
+from prunebench.results import after_training, emptiness, trackers
 from prunebench.runstate import cache, files, folder, resume
 from prunebench.runstate.progress import Progress
 from prunebench.strategies import allocation
@@ -48,6 +48,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         checks.check(cfg)
         export.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
+        if finished is not None and state.after_training_changed(finished):
+            write = False  # until the steps are done again, the finished results stay as they are
+            if distributed.is_main():
+                tracking = trackers.start(cfg, out_dir, resuming=True)
+            results = after_training_again(cfg, out_dir, finished)
+            write = True
+            return results
         if finished is not None:
             results = finished
             return results
@@ -80,6 +87,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         if write:
             files.write_json(out_dir / "results.json", results, any_rank=write == "mine")
         tracking.finish(results)
+        if write and tracking.failed:  # a tracker that failed is recorded with the results
+            results["failed_steps"] = [*results.get("failed_steps", []), *tracking.failed]
+            files.write_json(out_dir / "results.json", results, any_rank=write == "mine")
         if results["status"] in resume.FINISHED:
             state.finish()
     return results
@@ -130,14 +140,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)
-    if OmegaConf.select(cfg, "export.semi_structured", default=False):
-        from prunebench.pruning import semi_structured
-        extra["semi_structured"] = semi_structured.run(
-            model, next(batches(data, data.test, cfg.train.batch_size))[0])
-    if export.wanted(cfg):  # ONNX / safetensors files, checked after writing
-        extra["exports"] = export.run(cfg, model, data, out_dir)
-    if cfg.inference.measure:  # dense, masked, sparse (CSR) and compact forms timed
-        extra["latency"] = latency.run(cfg, model, dense["state_dict"], data, out_dir)
+    # exports and latency: a step that fails is recorded in failed_steps, the run goes on
+    extra |= after_training.run(cfg, model, dense["state_dict"], data, out_dir)
     return {
         **session.phases,
         **extra,
@@ -154,6 +158,31 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     }
 
 
+def after_training_again(cfg: DictConfig, out_dir: Path, finished: dict) -> dict:
+    """A finished run's results with the steps after training done again under this
+    command's keys (export.*, inference.*, logger), from the folder's checkpoints: nothing is
+    trained. A run that diverged has no final model: only its config is updated."""
+    results = {k: v for k, v in finished.items() if k not in after_training.RESULT_KEYS}
+    results["config"] = OmegaConf.to_container(cfg, resolve=True)
+    if finished.get("status") != "ok" or not distributed.is_main():  # rank 0 writes files
+        return results
+    steps = after_training.Steps()
+    loaded = steps.attempt("checkpoints", final_model, cfg, out_dir)
+    if loaded is None:
+        return results | {"failed_steps": steps.failed}
+    model, dense_state, data = loaded
+    return results | after_training.run(cfg, model, dense_state, data, out_dir)
+
+
+def final_model(cfg: DictConfig, out_dir: Path) -> tuple:
+    """(final model, dense state_dict, data) of a finished run, read from its checkpoints."""
+    _, data, model, _ = setup(cfg)
+    folder = out_dir / "checkpoints"
+    dense_state = torch.load(folder / "dense.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(torch.load(folder / "final.pt", map_location="cpu", weights_only=True))
+    return model, dense_state, data
+
+
 def setup(cfg: DictConfig) -> tuple:
     """(device, data, model, strategy) of a run: the data on the device, the model built
     after seeding with cfg.seed (the pipeline and prunebench-sensitivity start alike)."""
@@ -164,12 +193,16 @@ def setup(cfg: DictConfig) -> tuple:
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
     strategy = build.strategy(cfg)
-    # a layer the criterion cannot prune, or an exclude pattern naming no layer, stops the
-    # run here, before any training
+    # a model without prunable layers, or without logits, or an exclude pattern naming no
+    # layer (or every layer) stops the run here, before any training; so does a layer the
+    # criterion cannot prune
+    check_prunable(model, strategy.exclude, cfg.model._target_)
     check_exclude(model, strategy.exclude)
+    example = next(batches(data, data.train, 2))[0]
+    own.check_output(cfg.model._target_, model, example, data)
     strategy.check_model(model, prunable_weights(model, strategy.exclude))
     if strategy.granularity == "neuron":  # and so does a model whose units cannot be traced
-        strategy.trace(model, next(batches(data, data.train, 2))[0])
+        strategy.trace(model, example)
     return device, data, model, strategy
 
 

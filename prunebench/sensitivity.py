@@ -35,7 +35,7 @@ def parse(argv: list[str] | None):
                         help="comma-separated fractions of a layer's weights to remove")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default outputs/sensitivity/<date>_<time>)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     try:
         args.amounts = [float(a) for a in args.amounts.split(",") if a.strip()]
     except ValueError:
@@ -46,27 +46,52 @@ def parse(argv: list[str] | None):
 
 
 def compose(overrides: list[str]):
+    """The config `prunebench OVERRIDES` would run, checked as prunebench checks it (the
+    values, the keys typed, the device) before any work."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    from prunebench.config import inputs, preflight
+
     with initialize_config_module("prunebench.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        config = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        preflight.check_values(config, "config")
+    cfg = preflight.without_hydra(config)
+    inputs.replace_default_model(cfg, overrides)  # model._target_=yours, as prunebench does
+    return cfg
+
+
+def check_out(out: Path | None) -> None:
+    """--out must be a folder this process can write (prunebench's own check of its folders)."""
+    from prunebench.config.errors import ConfigError
+    from prunebench.config.preflight import problem
+
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the tables")
+    message = problem(out)
+    if message:
+        raise ConfigError(f"--out {out}: {message}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from prunebench.config.checks import ConfigError
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from prunebench.config import messages
+    from prunebench.config.errors import ConfigError
 
     try:
+        check_out(args.out)
         cfg = compose(args.overrides)
         out = args.out or Path("outputs/sensitivity") / time.strftime("%Y-%m-%d_%H-%M-%S")
         rows, meta = analyse(cfg, args.amounts, out)
     except ConfigError as err:
         sys.exit(f"prunebench-sensitivity: error: {err}")
-    except Exception as err:  # Hydra's own errors (unknown key, bad override): one line
-        if type(err).__module__.startswith(("hydra", "omegaconf")):
-            sys.exit(f"prunebench-sensitivity: error: {str(err).splitlines()[0]}")
-        raise
+    except (HydraException, OmegaConfBaseException) as err:  # as prunebench condenses them
+        sys.exit(f"prunebench-sensitivity: error: {messages.condense(err)}")
     paths = write(rows, meta, out)
     print(markdown(rows, meta))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -79,7 +104,6 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     import torch.nn.functional as F
 
     from prunebench import runner
-    from prunebench.config import checks
     from prunebench.data import batches
     from prunebench.pruning.masks import prunable_weights
     from prunebench.runstate import files, resume
@@ -87,7 +111,6 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     from prunebench.strategies.base import PruneContext, bottom_k
     from prunebench.training.loop import evaluate
 
-    checks.check(cfg)
     start = time.perf_counter()
     device, data, model, strategy = runner.setup(cfg)
     state, progress = resume.RunState(cfg, out), Progress()

@@ -16,10 +16,11 @@ import importlib
 import inspect
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from prunebench.config.errors import ConfigError
 
@@ -195,3 +196,17 @@ def check_sizes(key: str, sizes, *, allowed: str = "integers >= 1", empty: bool 
     if bad or (not values and not empty):
         shown = list(values) if isinstance(sizes, (list, tuple, ListConfig)) else sizes
         raise ConfigError(f"{key}={shown} is invalid: allowed {allowed}")
+
+
+def replace_default_model(cfg: DictConfig, overrides: list[str]) -> None:
+    """After `model._target_=X` (and no `model=` choice), keep only the model keys typed."""
+    if any(re.match(r"\+{0,2}model=", o) for o in overrides):
+        return
+    typed = [m.group(1) for o in overrides if (m := re.match(r"\+{0,2}model\.(\w+)", o))]
+    if "_target_" not in typed:
+        return
+    with open_dict(cfg):
+        for key in [k for k in cfg.model if k not in typed and k != "name"]:
+            del cfg.model[key]
+        if "name" not in typed:
+            cfg.model.name = cfg.model._target_.rsplit(".", 1)[-1]

@@ -71,8 +71,13 @@ def task_config(config: DictConfig) -> dict:
     """The job's resolved config without `hydra` and `resume`, as the runner compares it."""
     from hydra.core.hydra_config import HydraConfig
 
+    from prunebench.config import inputs
+
     HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves (run_job does it too)
-    task = OmegaConf.to_container(without_hydra(config), resolve=True)
+    job = without_hydra(config)  # as the task will see it: model._target_=yours alone
+    inputs.replace_default_model(job, list(OmegaConf.select(config, "hydra.overrides.task",
+                                                            default=[])))
+    task = OmegaConf.to_container(job, resolve=True)
     task.pop("resume", None)
     return task
 

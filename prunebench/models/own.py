@@ -3,7 +3,8 @@
 The class's own constructor arguments come from the config; prunebench passes `input_shape`
 and `num_classes` (and `name`, the label tables show) only to constructors that take them.
 Overriding `model._target_` alone replaces the default option's model: its keys (mlp's
-`hidden`) are dropped, and the run is named after the class unless `model.name` says otherwise.
+`hidden`) are dropped, and the run is named after the class unless `model.name` says otherwise
+(config.inputs.replace_default_model, applied before the run folder's owner is checked too).
 Modules in the current working directory import without PYTHONPATH.
 """
 
@@ -12,29 +13,17 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 import sys
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, open_dict
+from torch import Tensor, nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.data import Dataset
 
 log = logging.getLogger(__name__)
-
-
-def replace_default_model(cfg: DictConfig, overrides: list[str]) -> None:
-    """After `model._target_=X` (and no `model=` choice), keep only the model keys typed."""
-    if any(re.match(r"\+{0,2}model=", o) for o in overrides):
-        return
-    typed = [m.group(1) for o in overrides if (m := re.match(r"\+{0,2}model\.(\w+)", o))]
-    if "_target_" not in typed:
-        return
-    with open_dict(cfg):
-        for key in [k for k in cfg.model if k not in typed and k != "name"]:
-            del cfg.model[key]
-        if "name" not in typed:
-            cfg.model.name = cfg.model._target_.rsplit(".", 1)[-1]
 
 
 def arguments(node: DictConfig, offered: dict) -> tuple[DictConfig, dict]:
@@ -71,3 +60,64 @@ def cwd_importable() -> None:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
+
+
+def checked_module(target: str, built) -> nn.Module:
+    """What `model._target_` built, if it is a module (a function may build one)."""
+    if not isinstance(built, nn.Module):
+        raise ConfigError(f"model._target_={target} returned {type(built).__name__} "
+                          f"({str(built)[:40]}), not a torch.nn.Module: name a model class, or a "
+                          f"function that returns a model")
+    return built
+
+
+def check_output(target: str, model: nn.Module, x: Tensor, data: Dataset) -> None:
+    """One forward pass on two training inputs, before any training: the model must return
+    the logits, [batch, classes] (a language model [batch, tokens, vocabulary]). A tuple whose
+    first element is them, or an output with `.logits` (Hugging Face style), is accepted: a
+    hook then hands the logits on, so every part of the pipeline sees a tensor."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(training)
+    expected = [len(x), *([data.input_shape[0]] if data.task == "lm" else []), data.num_classes]
+    what = "[batch, tokens, vocabulary]" if data.task == "lm" else "[batch, classes]"
+    logits = logits_of(out)
+    if logits is None:
+        raise ConfigError(f"model._target_={target}: forward returned {describe(out)}; expected "
+                          f"the logits tensor {what}, a tuple whose first element is it, or an "
+                          f"output with .logits")
+    if list(logits.shape) != expected:
+        raise ConfigError(f"model._target_={target}: forward returned logits of shape "
+                          f"{list(logits.shape)} for {len(x)} inputs; expected {expected} "
+                          f"{what} ({data.num_classes} classes of dataset {data.name})")
+    if logits is not out:
+        model.register_forward_hook(logits_hook)
+
+
+def logits_of(out) -> Tensor | None:
+    """The logits in what a forward returned, or None when it is not clear which they are."""
+    if torch.is_tensor(out):
+        return out
+    found = getattr(out, "logits", None)
+    if found is None and isinstance(out, dict):
+        found = out.get("logits")
+    if found is None and isinstance(out, tuple | list) and out:
+        found = out[0]
+    return found if torch.is_tensor(found) else None
+
+
+def logits_hook(module: nn.Module, args, out) -> Tensor:
+    return logits_of(out)
+
+
+def describe(out) -> str:
+    if isinstance(out, dict):
+        return f"a {type(out).__name__} with keys {list(out)[:5]} and no 'logits'"
+    if isinstance(out, tuple | list):
+        first = type(out[0]).__name__ if out else "nothing"
+        return f"a {type(out).__name__} whose first element is {first}, not a tensor"
+    return f"{type(out).__name__}"

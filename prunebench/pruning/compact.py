@@ -20,7 +20,6 @@ import torch_pruning as tp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils import benchmark
 
 from prunebench.data import Dataset, batches
 from prunebench.models import own
@@ -110,7 +109,10 @@ def load(path: str | Path) -> nn.Module:
 @torch.no_grad()
 def latency_ms(model: nn.Module, x: Tensor) -> float:
     """Median CPU time of one forward pass (torch.utils.benchmark, one thread)."""
-    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=1)
+    from prunebench.pruning.sparse import torch_benchmark
+
+    timer = torch_benchmark().Timer("model(x)", globals={"model": model, "x": x},
+                                    num_threads=1)
     return timer.blocked_autorange(min_run_time=0.2).median * 1e3
 
 

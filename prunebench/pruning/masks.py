@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from prunebench.config.errors import ConfigError
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # optimizers whose update of a weight with zero gradient and zero state is exactly zero
 ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
@@ -52,6 +54,26 @@ def check_exclude(model: nn.Module, exclude: Iterable[str]) -> None:
             more = f" and {len(names) - 8} more" if len(names) > 8 else ""
             raise ConfigError(f"strategy.exclude: {pattern!r} matches no Linear or Conv layer "
                               f"of the model (its layers: {shown}{more})")
+
+
+def check_prunable(model: nn.Module, exclude: Iterable[str], target: str) -> None:
+    """ConfigError (one line naming the key) when nothing in the model can be pruned: it has
+    no Linear or Conv layer (`model._target_`), or `strategy.exclude` leaves every one dense."""
+    if not _layers(model):
+        raise ConfigError(f"model._target_={target} has no Linear or Conv layer "
+                          f"(nn.Linear, nn.Conv1d/2d/3d): nothing to prune")
+    if not prunable_weights(model, exclude):
+        by = f"strategy.exclude={list(exclude)}" if exclude else \
+            f"the model's dense_by_default {list(getattr(model, 'dense_by_default', ()))}"
+        layers = [name.removesuffix(".weight") for name in _layers(model)]
+        raise ConfigError(f"{by} matches every Linear and Conv layer of the model "
+                          f"({', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}): "
+                          f"nothing is left to prune")
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {f"{name}.weight" if name else "weight": module
+            for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
 
 
 def dense_patterns(model: nn.Module, exclude: Iterable[str] = ()) -> list[re.Pattern]:

@@ -37,9 +37,9 @@ def unavailable(device: torch.device) -> str | None:
 
 
 def latency_ms(model: nn.Module, x: Tensor) -> float:
-    from torch.utils import benchmark
+    from prunebench.pruning.sparse import torch_benchmark
 
-    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x})
+    timer = torch_benchmark().Timer("model(x)", globals={"model": model, "x": x})
     return timer.blocked_autorange(min_run_time=0.5).median * 1e3
 
 

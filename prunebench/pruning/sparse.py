@@ -18,6 +18,7 @@ kernels.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 import warnings
@@ -172,6 +173,20 @@ def interleaved(fns: dict[str, Callable], threads: int, block_s: float, budget_s
             block = once(lambda fn=fn: [fn() for _ in range(calls)], threads, wall)
             times[name].append(block / calls)
     return times
+
+
+def torch_benchmark():
+    """torch.utils.benchmark, imported without the `No CUDA runtime is found, using
+    CUDA_HOME=...` warning that its import of cpp_extension logs on a machine with a CUDA
+    toolkit and no GPU (it says nothing about this run)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
 
 
 @torch.no_grad()

@@ -18,9 +18,11 @@ results.json's `exports` lists {file, size (bytes), max_abs_diff (ONNX only)} pe
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import os
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from prunebench.config.checks import ConfigError
+from prunebench.config.errors import one_line
 from prunebench.data import Dataset, batches
 from prunebench.runstate import files
 
@@ -58,26 +61,33 @@ def check(cfg: DictConfig) -> None:
                           "intermediate_size, so every block must keep as many channels")
 
 
-def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> list[dict]:
+def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path,
+        attempt: Callable | None = None) -> list[dict]:
+    """Write each file asked for; `attempt(step, call, *args)` runs each export (the caller's
+    way of recording one that fails, results/after_training.py), by default plainly."""
+    attempt = attempt or (lambda step, call, *args: call(*args))
     folder = out_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     exports = []
     if OmegaConf.select(cfg, "export.onnx", default=False):
         x = next(batches(data, data.test, BATCH))[0].cpu()
-        exports.append(onnx(model, x, folder / "final.onnx"))
+        exports.append(attempt("export.onnx", onnx, model, x, folder / "final.onnx"))
         if (folder / "compact.pt").exists():  # granularity=neuron: the smaller model too
             from prunebench.pruning import compact
 
-            exports.append(onnx(compact.load(folder / "compact.pt"), x, folder / "compact.onnx"))
+            exports.append(attempt("export.onnx", lambda: onnx(
+                compact.load(folder / "compact.pt"), x, folder / "compact.onnx")))
     if OmegaConf.select(cfg, "export.safetensors", default=False):
-        exports.append(safetensors(model, folder / "final.safetensors"))
+        exports.append(attempt("export.safetensors", safetensors, model,
+                               folder / "final.safetensors"))
     if OmegaConf.select(cfg, "export.sparse", default=False):  # CSR parts (pruning/sparse.py)
         from prunebench.pruning import sparse
 
-        exports.append(sparse.export(model, cfg, out_dir))
+        exports.append(attempt("export.sparse", sparse.export, model, cfg, out_dir))
     if OmegaConf.select(cfg, "export.hf", default=False):
         x = next(batches(data, data.test, BATCH))[0].cpu()
-        exports.append(hf_folder(cfg, model, x, out_dir))
+        exports.append(attempt("export.hf", hf_folder, cfg, model, x, out_dir))
+    exports = [e for e in exports if e is not None]
     for e in exports:
         log.info("export: %s, %s bytes%s", e["file"], f"{e['size']:,}",
                  f", max |onnxruntime - torch| {e['max_abs_diff']:.3g}" if "max_abs_diff" in e
@@ -95,9 +105,16 @@ def onnx(model: nn.Module, x: Tensor, path: Path) -> dict:
     model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         expected = model(x)
-    with quiet(*EXPORTER_LOGGERS):
-        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    # a model torch.export cannot trace makes the exporter print its graph (dozens of
+    # lines) before it raises: the error's first line is what the run records
+    with quiet(*EXPORTER_LOGGERS, "torch.fx", "torch.export"), \
+            redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        try:
+            program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception as err:  # e.g. control flow that depends on the data
+            raise RuntimeError(f"torch.onnx.export cannot export the model "
+                               f"({one_line(err)})") from None
     _atomic_save(path, lambda tmp: program.save(tmp, external_data=False))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -13,8 +13,10 @@ Language models are plotted by final test perplexity (lower is better) in place 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import defaultdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +26,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from prunebench.config.errors import one_line  # noqa: E402
 from prunebench.runstate import files  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 LAYER_TARGET = 0.9
 PUBLISHED_MARKERS = ["*", "P", "X", "D", "^", "v", "s", "p", "h", "<", ">"]
@@ -246,14 +251,15 @@ def _write_all(rows: list[dict], groups: list[dict], out_dir: Path) -> list[Path
         # the names come from results.json files, which may be anyone's: a file-name part
         # that cannot leave out_dir (files.safe_name), and checked once more
         stem = files.safe_name(f"{model}_{dataset}")
-
-        def png(kind: str, stem: str = stem) -> Path:
-            return files.inside(out_dir, f"{kind}_{stem}.png")
-
-        written += [
-            accuracy_vs_sparsity(mine, model, dataset, png("accuracy_sparsity")),
-            accuracy_vs_flops(mine, model, dataset, png("accuracy_flops")),
-            accuracy_vs_latency(mine, model, dataset, png("accuracy_latency")),
-            layer_sparsity(my_rows, mine, model, dataset, png("layer_sparsity")),
-        ]
+        plots = [(accuracy_vs_sparsity, mine, "accuracy_sparsity"),
+                 (accuracy_vs_flops, mine, "accuracy_flops"),
+                 (accuracy_vs_latency, mine, "accuracy_latency"),
+                 (partial(layer_sparsity, my_rows), mine, "layer_sparsity")]
+        for draw, groups_here, kind in plots:  # a plot that fails costs a warning, not the rest
+            try:
+                written.append(draw(groups_here, model, dataset,
+                                    files.inside(out_dir, f"{kind}_{stem}.png")))
+            except Exception as err:
+                log.warning("plot %s_%s.png failed: %s; the tables are written without it",
+                            kind, stem, one_line(err))
     return [p for p in written if p is not None]

@@ -4,7 +4,9 @@
   a second process into the same folder gets one line naming the folder and the holder.
 - `check_owner`: a folder that already holds a run of another config (finished, or unfinished
   with a `checkpoints/state.pt`) is refused unless `resume=false`, before anything is written,
-  so a bad or different command never replaces a finished run's results.
+  so a bad or different command never replaces a finished run's results. A config that
+  differs only in the keys of the steps after training (AFTER_TRAINING) is the same run:
+  those steps run again from its checkpoints.
 - `clean_orphans`: temporary files of an atomic write cut short by SIGKILL are removed by the
   next run that holds the lock: only names with prunebench's own prefix
   (`.prunebench-tmp.NAME.*.tmp`, runstate/files.py), never a user's own `.*.tmp`.
@@ -28,6 +30,9 @@ LOCK_NAME = ".prunebench.lock"
 HOLDER_NAME = ".prunebench.holder"
 FINISHED = ("ok", "diverged")  # as runstate.resume.FINISHED (not imported: no torch here)
 START_OVER = "resume=false runs this command there anyway, or pick a new hydra.run.dir"
+# keys of the steps after training (exports, latency, trackers, a sweeper's objective): a
+# command that changes only these continues a folder's run from its checkpoints
+AFTER_TRAINING = ("export", "inference", "logger", "objective")
 
 
 class FolderBusy(ConfigError):
@@ -105,10 +110,17 @@ def check_owner(folder: str | Path, config: dict, resume) -> None:
     if recorded is None:
         return
     kind, saved = recorded
-    saved.pop("resume", None)
+    saved, config = training_config(saved), training_config(config)
     if saved != config:
         raise ConfigError(f"{folder} holds a {kind} run of another config "
                           f"({first_difference(saved, config)}): {START_OVER}")
+
+
+def training_config(config) -> dict:
+    """What a run's training depends on: its config without `resume` and AFTER_TRAINING."""
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in config.items() if k not in ("resume", *AFTER_TRAINING)}
 
 
 def first_difference(a, b, key: str = "") -> str:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import distributed
 from prunebench.config.checks import ConfigError
 from prunebench.runstate import files
-from prunebench.runstate.folder import first_difference
+from prunebench.runstate.folder import AFTER_TRAINING, first_difference, training_config
 from prunebench.training import optimizers
 
 if TYPE_CHECKING:
@@ -116,6 +116,11 @@ class RunState:
             self.path.unlink(missing_ok=True)
             return None
         finished = self._finished(results_path)
+        if finished is not None and self.after_training_changed(finished):
+            log.info("%s holds this run, finished (%s), with other settings of the steps "
+                     "after training (%s): they run again from its checkpoints",
+                     results_path.parent, finished["status"], ", ".join(AFTER_TRAINING))
+            return finished
         if finished is not None:
             log.info("%s already holds this run, finished (%s); resume=false runs it again",
                      results_path.parent, finished["status"])
@@ -131,9 +136,10 @@ class RunState:
             log.warning("cannot resume from %s (%s); starting from the beginning", self.path,
                         str(err).splitlines()[0] if str(err) else type(err).__name__)
             return None
-        if saved.get("config") != self.config:
+        there, here = training_config(saved.get("config")), training_config(self.config)
+        if there != here:  # the keys of the steps after training may differ
             raise ConfigError(f"{self.path.parent.parent} holds an unfinished run of another "
-                              f"config ({first_difference(saved.get('config'), self.config)})"
+                              f"config ({first_difference(there, here)})"
                               f": resume=false starts this one over there")
         log.info("resuming from %s: %s, epoch %d", self.path, saved["phase"],
                  saved["epoch"] + 1)
@@ -147,9 +153,14 @@ class RunState:
             return None
         if not isinstance(results, dict) or results.get("status") not in FINISHED:
             return None
-        config = dict(results.get("config") or {})
-        config.pop("resume", None)
-        return results if config == self.config else None
+        same = training_config(results.get("config")) == training_config(self.config)
+        return results if same else None
+
+    def after_training_changed(self, results: dict) -> bool:
+        """True when the finished `results` were made with other keys of the steps after
+        training than this command's (their steps run again from the checkpoints)."""
+        recorded = results.get("config") or {}
+        return any(recorded.get(k) != self.config.get(k) for k in AFTER_TRAINING)
 
     def take(self, kind: str) -> dict | None:
         """The saved state if it is of this kind ('train' or 'session')."""

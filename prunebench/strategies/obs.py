@@ -158,7 +158,34 @@ def layer_curvatures(model: nn.Module, weights: dict[str, Tensor], batches, damp
             # dampening relative to the mean curvature, as in SparseGPT; padding gets identity
             diag += damp * diag.flatten()[:width].mean() + 1e-8
             diag[pad] = 1.0
-            inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+            lower, h = damped_cholesky(h, diag.flatten()[:width].mean(), damp, n)
+            inverse = torch.cholesky_inverse(lower)
             out[n] = LayerCurvature(h, inverse, width, chunk)
             advance(1)
     return out
+
+
+def damped_cholesky(h: Tensor, scale: Tensor, damp: float, layer: str) -> tuple[Tensor, Tensor]:
+    """(lower Cholesky factor, matrix factored) of `h`, which the caller damped by `damp` x
+    `scale` (its mean diagonal), or of each matrix of a batch of them.
+
+    A Hessian of a layer whose inputs are constant or linearly dependent is not positive
+    definite with `strategy.damp=0` (or a damping too small for float32): the damping then
+    grows tenfold until it is, with a warning, as users of the reference code raise it by
+    hand. One line naming `strategy.damp` if even 1000 x the mean diagonal does not do.
+    """
+    lower, info = torch.linalg.cholesky_ex(h)
+    extra = max(damp, 1e-4)
+    while bool((info != 0).any()):
+        extra *= 10
+        if extra > 1e3:
+            raise ConfigError(f"strategy.damp={damp}: the Hessian of layer {layer} is not "
+                              f"positive definite even damped by 1000 x its mean diagonal")
+        damped = h.clone()
+        damped.diagonal(dim1=-2, dim2=-1).add_(extra * scale)
+        lower, info = torch.linalg.cholesky_ex(damped)
+        if not bool((info != 0).any()):
+            log.warning("the Hessian of layer %s is not positive definite with strategy.damp=%g:"
+                        " damped by %g x its mean diagonal instead", layer, damp, extra)
+            return lower, damped
+    return lower, h

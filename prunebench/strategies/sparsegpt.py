@@ -68,8 +68,10 @@ class SparseGPT(Strategy):
         out = {}
         for n, w in weights.items():
             h = 2 * sums[n] / max(counts[n], 1)
-            h.diagonal().add_(self.damp * h.diagonal().mean())
-            inverse_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal()
+            scale = h.diagonal().mean()
+            h.diagonal().add_(self.damp * scale)
+            lower, _ = obs.damped_cholesky(h, scale, self.damp, n.removesuffix(".weight"))
+            inverse_diag = torch.cholesky_inverse(lower).diagonal()
             out[n] = (w.detach().flatten(1).pow(2) / inverse_diag).view_as(w)
         return out
 
@@ -94,7 +96,8 @@ class SparseGPT(Strategy):
             for n in group:
                 hessian = 2 * sums.pop(n) / max(counts[n], 1)
                 w, keep = prune_layer(weights[n], hessian, masks[n], amount, self.scope,
-                                      self.pattern, self.block_size, self.damp)
+                                      self.pattern, self.block_size, self.damp,
+                                      n.removesuffix(".weight"))
                 weights[n].copy_(w)  # the next groups read their inputs through this layer
                 new[n] = keep.to(masks[n].dtype) * masks[n]
 
@@ -130,24 +133,26 @@ def accumulate_hessian(sums: dict[str, Tensor], counts: dict[str, int], name: st
     counts[name] = counts.get(name, 0) + len(x)
 
 
-def inverse_cholesky(hessian: Tensor, damp: float) -> Tensor:
-    """U with H^-1 = U^T U (upper), for H damped by `damp` x its mean diagonal."""
+def inverse_cholesky(hessian: Tensor, damp: float, layer: str = "") -> Tensor:
+    """U with H^-1 = U^T U (upper), for H damped by `damp` x its mean diagonal (more when
+    that is not positive definite, obs.damped_cholesky)."""
     h = hessian.clone()
-    h.diagonal().add_(damp * h.diagonal().mean())
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inverse, upper=True)
+    scale = h.diagonal().mean()
+    h.diagonal().add_(damp * scale)
+    lower, _ = obs.damped_cholesky(h, scale, damp, layer)
+    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
 def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, scope: str,
                 pattern: tuple[int, int] | None, block_size: int,
-                damp: float) -> tuple[Tensor, Tensor]:
+                damp: float, layer: str = "") -> tuple[Tensor, Tensor]:
     """(new weight, boolean keep-mask) of one layer; `mask` holds what is pruned already."""
     w = weight.detach().flatten(1).float().clone()
     h = hessian.float().clone()
     dead = h.diagonal() == 0  # inputs that are always zero: their weights do nothing
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = inverse_cholesky(h, damp)
+    u = inverse_cholesky(h, damp, layer)
     keep = mask.detach().flatten(1) > 0
     if pattern is not None and not fits_pattern(w, pattern[1]):
         log.warning("sparsegpt: a layer of width %d cannot take %d:%d groups; unstructured",

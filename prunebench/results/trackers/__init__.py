@@ -8,7 +8,8 @@ accuracy, lr, gradient-norm statistics: no host synchronization added), and at t
 results.json's numbers as the summary and its files as artifacts. `tracking.json` in the run
 folder keeps each tracker's run id and the last step logged per phase, so a resumed run
 continues the same tracker run and logs no epoch twice. A tracker that fails (a locked or
-unreachable store, a missing package) costs one log line; the run goes on without it.
+unreachable store, a missing package) costs one warning line and an entry in results.json's
+`failed_steps`; the run goes on without it.
 
 The global step is the number of optimizer steps since the run started: dense training's
 steps, then fine-tuning's (all its rounds), so every phase lies on one axis.
@@ -42,7 +43,8 @@ def specs(logger_cfg) -> dict[str, DictConfig]:
             if isinstance(value, DictConfig) and "_target_" in value}
 
 
-def build(logger_cfg) -> list[tuple[str, Tracker]]:
+def build(logger_cfg, failed: list[dict] | None = None) -> list[tuple[str, Tracker]]:
+    """The trackers built; one that cannot be is warned about (and added to `failed`)."""
     from hydra.utils import instantiate
 
     built = []
@@ -50,26 +52,38 @@ def build(logger_cfg) -> list[tuple[str, Tracker]]:
         try:
             built.append((key, instantiate(spec)))
         except Exception as err:
-            warn(key, err)
+            failure(failed, key, err)
     return built
 
 
-def warn(key: str, err: BaseException) -> None:
+def failure(failed: list[dict] | None, key: str, err: BaseException) -> None:
+    reason = warn(key, err)
+    if failed is not None:
+        failed.append({"step": f"logger.{key}", "error": reason})
+
+
+def warn(key: str, err: BaseException) -> str:
+    """One warning line for a tracker that failed; returns its reason."""
     cause = err.__cause__ or err
     line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    log.error("logger %s: %s; the run goes on without it", key, line)
+    log.warning("logger %s: %s; the run goes on without it", key, line)
+    return line
 
 
 def start(cfg: DictConfig, out_dir: Path, resuming: bool) -> Tracking:
     """Open the run's trackers; `resuming` continues the tracker runs tracking.json names."""
-    trackers = build(cfg.get("logger"))
+    failed: list[dict] = []
+    trackers = build(cfg.get("logger"), failed)
     if not trackers:
-        return Tracking()
+        tracking = Tracking()
+        tracking.failed = failed
+        return tracking
     out_dir = Path(out_dir)
     saved = read(out_dir / STATE_FILE) if resuming else {}
     sweep = find_sweep(out_dir)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     tracking = Tracking(out_dir, cfg.train.epochs, saved.get("logged", {}))
+    tracking.failed = failed
     for key, tracker in trackers:
         mine = saved.get("trackers", {}).get(key, {})
         try:
@@ -77,7 +91,7 @@ def start(cfg: DictConfig, out_dir: Path, resuming: bool) -> Tracking:
             if not mine:
                 tracker.params(params)
         except Exception as err:
-            warn(key, err)
+            failure(failed, key, err)
             continue
         tracking.trackers.append((key, tracker))
     tracking.save()
@@ -92,6 +106,7 @@ class Tracking:
         self.out_dir, self.dense_epochs = out_dir, dense_epochs
         self.trackers: list[tuple[str, Tracker]] = []
         self.logged: dict[str, int] = dict(logged or {})  # phase -> last global step logged
+        self.failed: list[dict] = []  # trackers that failed mid-run: results.json's failed_steps
 
     @contextmanager
     def observing(self) -> Iterator[None]:
@@ -154,8 +169,8 @@ class Tracking:
         for key, tracker in list(self.trackers):
             try:
                 getattr(tracker, method)(*args)
-            except Exception as err:
-                warn(key, err)
+            except Exception as err:  # once: the tracker is dropped for the rest of the run
+                failure(self.failed, key, err)
                 self.trackers.remove((key, tracker))
 
     def save(self) -> None:

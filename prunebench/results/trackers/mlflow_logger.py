@@ -46,6 +46,9 @@ class MLflowTracker(Tracker):
 
         for name in ("mlflow", "alembic"):  # their INFO lines (table migrations) are noise here
             logging.getLogger(name).setLevel(logging.WARNING)
+        # a store that breaks mid-run (read-only, locked): MLflow logs each failed query with
+        # its SQL and two tracebacks before raising; the runner says it in one line, once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self, client) -> str:
