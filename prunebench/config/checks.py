@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench.config.errors import ConfigError
+from prunebench.results.objective import OBJECTIVES
 from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
 from prunebench.strategies.patterns import parse_pattern
@@ -74,6 +75,11 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.amp={amp} is invalid: allowed null, bf16, fp16")
     _choice(cfg, "train.compile", (True, False))
     _choice(cfg, "inference.kernel", ("auto", "dense", "csr"))  # pruning/sparse.py
+    _number(cfg, "train.threads", low=1, integer=True, optional=True,
+            allowed="an integer >= 1, or null for torch's default")
+    if _get(cfg, "objective") is not None:  # the sweep's number, read after the run
+        _choice(cfg, "objective.name", OBJECTIVES)
+        _number(cfg, "objective.min_sparsity", low=0, high=1, allowed="a fraction 0..1")
     for key in ("train.grad_clip.max_norm", "train.grad_clip.max_value"):
         _number(cfg, key, low=0, low_open=True, optional=True, allowed="null or a number > 0")
     for key in ("train.regularization.l1", "train.regularization.l2"):

@@ -84,7 +84,8 @@ def signature_keys(target: str) -> tuple[set[str], bool] | None:
     finally:
         if cwd_added:
             sys.path.remove(os.getcwd())
-    chain = [c.__init__ for c in inspect.getmro(obj) if "__init__" in vars(c)] \
+    # object.__init__ takes no keyword, whatever its signature says
+    chain = [c.__init__ for c in inspect.getmro(obj) if "__init__" in vars(c) and c is not object] \
         if inspect.isclass(obj) else [obj]
     names: set[str] = set()
     for function in chain:

@@ -42,12 +42,17 @@ def arguments(node: DictConfig, offered: dict) -> tuple[DictConfig, dict]:
 
 def signature_of(target: str) -> dict[str, inspect.Parameter]:
     cwd_importable()
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the error we raise as one line
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)
     try:
         obj = get_object(target)
     except Exception as err:
         cause = err.__cause__ or err
         raise ConfigError(f"model._target_={target}: cannot import it "
                           f"({type(cause).__name__}: {str(cause).splitlines()[0]})") from None
+    finally:
+        hydra_log.setLevel(level)
     try:
         return dict(inspect.signature(obj).parameters)
     except (TypeError, ValueError):  # a builtin without a readable signature: offer all
