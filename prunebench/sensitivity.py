@@ -37,11 +37,13 @@ def parse(argv: list[str] | None):
                         help="output folder (default outputs/sensitivity/<date>_<time>)")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     try:
-        args.amounts = [float(a) for a in args.amounts.split(",") if a.strip()]
+        amounts = [float(a) for a in args.amounts.split(",") if a.strip()]
     except ValueError:
-        parser.error(f"--amounts={args.amounts} is invalid: allowed fractions like 0.5,0.9")
-    if not args.amounts or not all(0 <= a < 1 for a in args.amounts):
-        parser.error(f"--amounts={args.amounts} is invalid: allowed fractions 0 <= a < 1")
+        amounts = []
+    if not amounts or not all(0 <= a < 1 for a in amounts):  # one line, as prunebench's
+        parser.exit(2, f"prunebench-sensitivity: error: --amounts={args.amounts} is invalid: "
+                       f"allowed fractions 0 <= a < 1, like 0.5,0.9\n")
+    args.amounts = amounts
     return args
 
 
@@ -70,7 +72,11 @@ def check_out(out: Path | None) -> None:
         return
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the tables")
-    message = problem(out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())  # made later
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: cannot write to {out}: Not a directory ({existing} "
+                          f"is a file)")
+    message = problem(existing)
     if message:
         raise ConfigError(f"--out {out}: {message}")
 
@@ -84,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from prunebench.config.errors import ConfigError
 
     try:
-        check_out(args.out)
         cfg = compose(args.overrides)
+        check_out(args.out)  # after the config: a bad value leaves no folder behind
         out = args.out or Path("outputs/sensitivity") / time.strftime("%Y-%m-%d_%H-%M-%S")
         rows, meta = analyse(cfg, args.amounts, out)
     except ConfigError as err:

@@ -142,7 +142,108 @@ REPORT = [
     Case("report-missing-path", ["{missing}"], "does-not-exist", code=2,
          script="prunebench-report"),
 ]
-CASES = VALUES + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS + REPORT
+# your own models (own_models.py, written into the working directory): checked when built,
+# before any training. Each fails once composed, so it goes to a fresh folder
+OWN_MODELS = """
+import torch
+from torch import nn
+
+
+class NoLayers(nn.Module):  # parameters, but no Linear or Conv layer
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_classes))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :len(self.scale)] * self.scale
+
+
+class DictOut(nn.Module):  # a dict without logits: which entry is meant is not clear
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(input_shape).prod()), num_classes)
+
+    def forward(self, x):
+        return {"scores": self.fc(x.flatten(1))}
+
+
+class ListOut(DictOut):  # a list whose first element is not a tensor
+    def forward(self, x):
+        return ["logits", self.fc(x.flatten(1))]
+
+
+class ThreeClasses(nn.Module):  # logits of the wrong width for digits' 10 classes
+    def __init__(self, input_shape):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(input_shape).prod()), 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def number():
+    return 3
+
+
+def text():
+    return "a model"
+"""
+YOURS = [
+    *[Case(f"own-returns-{kind}", [f"model._target_=own_models.{kind}"],
+           f"model._target_=own_models.{kind}", also="not a torch.nn.Module", into="fresh",
+           setup="own") for kind in ("number", "text")],
+    Case("own-no-layers", ["model._target_=own_models.NoLayers"],
+         "model._target_=own_models.NoLayers", also="no Linear or Conv layer", into="fresh",
+         setup="own"),
+    *[Case(f"own-{name.lower()}", [f"model._target_=own_models.{name}"],
+           f"model._target_=own_models.{name}", also="expected the logits", into="fresh",
+           setup="own") for name in ("DictOut", "ListOut")],
+    Case("own-wrong-width", ["model._target_=own_models.ThreeClasses"],
+         "model._target_=own_models.ThreeClasses", also="expected [2, 10]", into="fresh",
+         setup="own"),
+    Case("own-cannot-import", ["model._target_=own_models.Missing"],
+         "model._target_=own_models.Missing", also="cannot import", into="fresh", setup="own"),
+    Case("own-unknown-key", ["model._target_=own_models.ThreeClasses", "+model.width=3"],
+         "model.width", also="not a setting of model", setup="own"),
+    Case("exclude-everything", ["strategy.exclude=[.*]"], "strategy.exclude=['.*']",
+         also="matches every Linear and Conv layer", into="fresh"),
+    Case("exclude-not-a-pattern", ["strategy.exclude=['[']"], "strategy.exclude",
+         also="not a regular expression"),
+]
+AFTER = [  # the keys of the steps after training: bad values refused like any other
+    Case("export-onnx-type", ["export.onnx=maybe"], "export.onnx=maybe", also="bool"),
+    Case("export-typo", ["+export.onxx=true"], "export.onxx", also="export.onnx"),
+    Case("inference-kernel", ["inference.kernel=gpu"], "inference.kernel=gpu"),
+    Case("inference-measure-type", ["inference.measure=abc"], "inference.measure=abc"),
+    Case("objective-name", ["objective.name=nope"], "objective.name=nope",
+         also="final_accuracy"),
+    Case("objective-min-sparsity", ["objective.min_sparsity=2"], "objective.min_sparsity"),
+    Case("logger-unknown", ["logger=nope"], "logger", also="tensorboard"),
+    Case("logger-unknown-key", ["logger=csv", "+logger.csv.bogus=1"], "logger.csv.bogus"),
+    Case("threads-zero", ["train.threads=0"], "train.threads"),
+    Case("sparsegpt-damp-negative", ["strategy=sparsegpt", "strategy.damp=-1"], "strategy.damp"),
+    Case("sparsegpt-block-zero", ["strategy=sparsegpt", "strategy.block_size=0"],
+         "strategy.block_size"),
+]
+SENSITIVITY = [  # prunebench-sensitivity shares prunebench's checks and says the same line
+    Case(f"sensitivity-{c.id}", c.args, c.names, also=c.also, setup=c.setup, code=c.code,
+         script="prunebench-sensitivity")
+    for c in [Case("out-is-file", ["--out", "{file}"], "--out", also="is a file"),
+              Case("out-under-file", ["--out", "{file}/x"], "--out", also="Not a directory"),
+              Case("lr-nan", ["optimizer.lr=nan"], "optimizer.lr", also="finite"),
+              Case("amount-range", ["strategy.amount=1.5"], "strategy.amount"),
+              Case("unknown-key", ["+train.epoch=3"], "train.epoch", also="train.epochs"),
+              Case("strategy-typo", ["strategy.amout=0.5"], "strategy.amout"),
+              Case("unknown-option", ["strategy=nope"], "strategy", also="hessian"),
+              Case("wrong-type", ["strategy.amount=abc"], "strategy.amount=abc"),
+              Case("device", ["device=cuda:1"], "device=cuda:1", also="not available"),
+              Case("own-returns-number", ["model._target_=own_models.number"],
+                   "model._target_=own_models.number", setup="own"),
+              Case("exclude-everything", ["strategy.exclude=[.*]"], "strategy.exclude"),
+              Case("amounts", ["--amounts", "0.5,1.5"], "--amounts", code=2)]
+]
+CASES = (VALUES + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS
+         + REPORT + YOURS + AFTER + SENSITIVITY)
 
 
 def digest(folder: Path) -> dict:
@@ -198,9 +299,15 @@ def test_bad_input(case: Case, finished, tmp_path):
     args = [a.format(file=tmp_path / "a-file", missing=tmp_path / "does-not-exist")
             for a in case.args]
     lock = None
+    if case.setup == "own":
+        (root / "own_models.py").write_text(OWN_MODELS)
     if case.script == "prunebench-report":
         (tmp_path / "a-file").write_text("x")
         argv = args if case.id == "report-missing-path" else [str(run), *args]
+    elif case.script == "prunebench-sensitivity":  # its --out by default, the case's wins
+        (tmp_path / "a-file").write_text("x")
+        argv = ["--out", str(tmp_path / "sensitivity"), *BASE, f"cache.dir={root / 'cache'}",
+                *args]
     else:  # flags (-m) first; the case's overrides last, so they win
         argv = [*[a for a in args if a.startswith("-")], *BASE, f"hydra.run.dir={folder}",
                 f"hydra.sweep.dir={folder}", f"cache.dir={root / 'cache'}",
@@ -234,6 +341,8 @@ def test_bad_input(case: Case, finished, tmp_path):
         assert not list((tmp_path / "data").rglob("*ubyte*"))
     if case.into == "sweep":  # refused before any job ran
         assert not any(folder.glob("*/results.json"))
+    if case in SENSITIVITY:  # refused before any work: nothing written
+        assert not (tmp_path / "sensitivity").exists()
 
 
 def test_orphaned_temporary_files_are_cleaned_and_the_finished_run_reused(finished):

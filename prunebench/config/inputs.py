@@ -96,7 +96,7 @@ def signature_keys(target: str) -> tuple[set[str], bool] | None:
         names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             return names, False
-    return names, True
+    return names, bool(chain)  # a class without an __init__ of its own takes no keyword
 
 
 def suggestion(key: str, candidates) -> str:
@@ -154,7 +154,8 @@ def check_target_key(cfg, parts, owner, override, parsed, recompose) -> None:
     choices = sorted(accepted[0] - {"self", "input_shape", "num_classes", "params"})
     target = OmegaConf.select(cfg, f"{node_key}._target_")
     raise ConfigError(f"{'.'.join(parts)} is not a setting of {node_key} ({target})"
-                      f"{suggestion('.'.join(parts), choices)}: it takes {', '.join(choices)}")
+                      f"{suggestion('.'.join(parts), choices)}: it takes "
+                      f"{', '.join(choices) or 'no settings'}")
 
 
 def existed(key: str, override, parsed, recompose) -> bool:
