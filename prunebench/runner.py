@@ -21,7 +21,7 @@ from prunebench.models import checkpoint, own
 from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.masks import check_exclude, check_prunable, prunable_weights
 from prunebench.pruning.session import Session
-from prunebench.results import after_training, emptiness, trackers
+from prunebench.results import after_training, emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume
 from prunebench.runstate.progress import Progress
 from prunebench.strategies import allocation
