@@ -12,6 +12,12 @@ runs, interleaved, so other load on the machine hits all three alike.
 
     python scripts/bench_data.py [--source-dir /usr/share/datasets/fashion-mnist]
 
+`--image-folder`: instead, the image-folder case. A Fashion-MNIST slice written as PNGs
+(scripts/fashion_mnist_folder.py), read at 64x64 RGB: prunebench's decode rate (images/s,
+dataset.workers=2, into the memory-mapped cache), then one epoch of an MLP from the mapped
+cache against torchvision's ImageFolder + DataLoader(num_workers=2) on the same folder, and
+the growth of the training process's own memory (peak RssAnon) against the cache's size.
+
 One row per torch thread count goes to --csv (default docs/performance/data/bench_data.csv,
 which the documentation's "Training speed" page includes); a rerun replaces its thread
 count's row.
@@ -22,7 +28,10 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -114,9 +123,96 @@ def throughput(name, model, data, images: int, batch: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def rss_anon() -> int:
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["RssAnon"].split()[0]) * 1024
+
+
+def peak_growth(work) -> tuple[float, int]:
+    """(seconds, peak RssAnon growth in bytes) of work(), sampled every millisecond."""
+    base, peak, done = rss_anon(), [0], [False]
+
+    def sample():
+        while not done[0]:
+            peak[0] = max(peak[0], rss_anon() - base)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    done[0] = True
+    thread.join()
+    return seconds, peak[0]
+
+
+def image_folder_case(source_dir: str | None, per_class: int, repeats: int) -> None:
+    from torchvision.datasets import ImageFolder
+
+    from prunebench.data.image_folder import load
+
+    size = 64
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "fmnist"
+        subprocess.run([sys.executable, str(Path(__file__).parent / "fashion_mnist_folder.py"),
+                        str(folder), "--train-per-class", str(per_class), "--test-per-class",
+                        "10", *(["--source", source_dir] if source_dir else [])], check=True)
+        n = len(list(folder.rglob("*.png")))
+        start = time.perf_counter()
+        data = load(str(folder), image_size=size, channels=3, root=tmp, val_fraction=0,
+                    workers=2)
+        decode_s = time.perf_counter() - start
+        cache = next(Path(tmp).glob("image_folder-fmnist-*"))
+        cache_mb = (cache / "train_x.u8").stat().st_size / 2**20
+        print(f"image folder: {n} PNGs -> {size}x{size} RGB, decoded at {n / decode_s:,.0f} "
+              f"images/s (2 workers, {decode_s:.1f} s), train cache {cache_mb:.1f} MB")
+
+        def model():
+            torch.manual_seed(0)
+            return MLP((3, size, size), 10, (300, 100))
+
+        def ours():
+            m = model()
+            fit(m, data, sgd(m), None, FitSettings(epochs=1, batch_size=BATCH),
+                torch.Generator().manual_seed(0), "bench")
+
+        loader = DataLoader(ImageFolder(folder / "train", transform=transforms.Compose([
+            transforms.Resize((size, size)), transforms.ToTensor(),
+            transforms.Normalize(data.mean.tolist(), data.std.tolist())])),
+            batch_size=BATCH, shuffle=True, num_workers=2)
+
+        def textbook():
+            m = model()
+            optimizer = sgd(m)
+            for x, y in loader:
+                loss = F.cross_entropy(m(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+        times = {"prunebench (mapped cache)": [], "ImageFolder + DataLoader(2)": []}
+        growth = []
+        for _ in range(repeats):
+            seconds, grown = peak_growth(ours)
+            times["prunebench (mapped cache)"].append(seconds)
+            growth.append(grown)
+            times["ImageFolder + DataLoader(2)"].append(peak_growth(textbook)[0])
+        for name, t in times.items():
+            print(f"  {name:<28} {min(t):7.2f} s/epoch (runs: {', '.join(f'{x:.2f}' for x in t)})")
+        a, b = (min(t) for t in times.values())
+        print(f"ImageFolder + DataLoader / prunebench = {b / a:.1f}x per epoch")
+        print(f"peak RssAnon growth during a prunebench epoch: {max(growth) / 2**20:.1f} MB, "
+              f"{max(growth) / 2**20 / cache_mb:.1%} of the {cache_mb:.1f} MB cache")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source-dir", default=None, help="folder with the .gz IDX files")
+    parser.add_argument("--image-folder", action="store_true",
+                        help="the image-folder case instead (decode rate, epoch, memory)")
+    parser.add_argument("--per-class", type=int, default=600,
+                        help="training PNGs per class of the image-folder case")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is steadier on a busy machine)")
@@ -125,6 +221,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
+    if args.image_folder:
+        return image_folder_case(args.source_dir, args.per_class, args.repeats)
     with tempfile.TemporaryDirectory() as root:
         data = vision.load("fashion_mnist", root=root, source_dir=args.source_dir,
                            val_fraction=0)

@@ -1,10 +1,10 @@
 """Epoch time of one process against two DDP ranks (gloo, CPU) on this machine, as a ratio.
 
-Both arms train the same model one epoch through train.fit at the same global batch: the
-one-process arm with all the cores as torch threads, the two-rank arm with cores // 2 threads
-per rank (what `torchrun --nproc-per-node=2 -m prunebench` gives each rank). Arms alternate,
---repeats times, so load from other users hits both alike; the ratio is of the medians, with
-the range of the per-repeat ratios.
+Every arm trains the same model one epoch through train.fit at the same global batch: one
+process with all the cores as torch threads, one process with cores // 2 threads, and two
+ranks with cores // 2 threads each (what `torchrun --nproc-per-node=2 -m prunebench` gives
+each rank). Arms alternate, --repeats times, so load from other users hits them alike; each
+ratio is of the medians, with the range of the per-repeat ratios.
 
 What limits the gain on a CPU machine: the two ranks share the same cores and memory bandwidth
 that one process would use with more threads; each step adds a gradient all-reduce (gloo over
@@ -85,18 +85,26 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(f"{args.model}, 4096 synthetic 32x32 images, global batch {args.batch}, {cores} cores")
-    one, two = [], []
+    half = max(1, cores // 2)
+    arms = {f"1 rank x {cores} threads": lambda: one_rank(cores, args.model, args.batch),
+            f"1 rank x {half} threads": lambda: one_rank(half, args.model, args.batch),
+            f"2 ranks x {half} threads": lambda: two_ranks(half, args.model, args.batch)}
+    times = {name: [] for name in arms}
     for _ in range(args.repeats):
-        torch.set_num_threads(cores)
-        one.append(epoch(args.model, args.batch))
-        two.append(two_ranks(max(1, cores // 2), args.model, args.batch))
-        print(f"  1 rank x {cores} threads {one[-1]:6.2f} s   2 ranks x {max(1, cores // 2)} "
-              f"threads {two[-1]:6.2f} s")
-    ratios = sorted(a / b for a, b in zip(one, two, strict=True))
-    ratio = statistics.median(one) / statistics.median(two)
-    print(f"epoch time 1 rank / 2 ranks = {ratio:.2f}x (per-repeat {ratios[0]:.2f} to "
-          f"{ratios[-1]:.2f}); > 1 means two ranks are faster")
+        for name, arm in arms.items():
+            times[name].append(arm())
+        print("  " + "   ".join(f"{name} {t[-1]:6.2f} s" for name, t in times.items()))
+    *ones, two = times.values()
+    for name, one in zip(list(times)[:2], ones, strict=True):
+        ratios = sorted(a / b for a, b in zip(one, two, strict=True))
+        print(f"epoch time ({name}) / (2 ranks) = "
+              f"{statistics.median(one) / statistics.median(two):.2f}x (per repeat "
+              f"{ratios[0]:.2f} to {ratios[-1]:.2f}); > 1: two ranks are faster")
 
+
+def one_rank(threads: int, model: str, batch: int) -> float:
+    torch.set_num_threads(threads)
+    return epoch(model, batch)
 
 if __name__ == "__main__":
     main()

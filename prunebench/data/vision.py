@@ -1,7 +1,8 @@
 """MNIST, Fashion-MNIST and CIFAR-10 through torchvision's dataset classes, offline first.
 
 Where the data comes from, in order:
-  1. `<root>/<name>-uint8.pt`: the whole dataset decoded once into uint8 tensors;
+  1. `<root>/<name>-uint8-v1/`: the whole dataset decoded once into uint8 files, opened
+     memory-mapped (data/mapped.py);
   2. the files torchvision reads, in its own layout under `root`;
   3. `source_dir` (or, when unset, a system folder such as the one Debian's
      `dataset-fashion-mnist` package installs): the standard .gz IDX files or CIFAR python
@@ -22,7 +23,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
 from prunebench.config.checks import ConfigError
-from prunebench.data import validate
+from prunebench.data import mapped, validate
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation
 from prunebench.runstate import files
@@ -77,8 +78,8 @@ def load(name: str, root: str = "data", source_dir: str | None = None, download:
         raise ConfigError(f"dataset.name={name} is invalid: allowed {', '.join(SOURCES)}")
     root_path = Path(root).expanduser()
     tensors = cached_tensors(name, root_path, source_dir, download)
-    train = Split(tensors["train_x"], tensors["train_y"])
-    test = Split(tensors["test_x"], tensors["test_y"])
+    train, test = (Split(tensors[f"{s}_x"], tensors[f"{s}_y"],
+                         torch.arange(len(tensors[f"{s}_y"]))) for s in ("train", "test"))
     train, val = carve_validation(train, val_fraction, split_seed)
     mean, std = uint8_channel_stats(train)
     return Dataset(name, train, test, val, tuple(train.x.shape[1:]), len(tensors["classes"]),
@@ -86,20 +87,17 @@ def load(name: str, root: str = "data", source_dir: str | None = None, download:
 
 
 def cached_tensors(name: str, root: Path, source_dir: str | None, download: bool) -> dict:
-    path = root / f"{name}-uint8.pt"
-    if path.exists():
-        try:
-            tensors = torch.load(path, weights_only=True)
-            if tensors.get("version") == CACHE_VERSION:
-                return tensors
-        except Exception as err:  # truncated or foreign file: decode again, never trust it
-            log.warning("%s is unreadable (%s); decoding the dataset again", path,
-                        type(err).__name__)
-    tensors = read_torchvision(name, root, source_dir, download)
-    files.save_torch(path, tensors)
-    log.info("decoded %s into %s (%d train, %d test images)", name, path,
-             len(tensors["train_y"]), len(tensors["test_y"]))
-    return tensors
+    """The decoded dataset, memory-mapped (data/mapped.py), decoding it first if needed."""
+
+    def build(into: Path) -> dict:
+        tensors = read_torchvision(name, root, source_dir, download)
+        shapes = {split: mapped.write_split(into, split, tensors[f"{split}_x"],
+                                            tensors[f"{split}_y"]) for split in ("train", "test")}
+        log.info("decoded %s into %s (%d train, %d test images)", name, into.name,
+                 shapes["train"][0], shapes["test"][0])
+        return {"shapes": shapes, "classes": tensors["classes"]}
+
+    return mapped.open_or_build(root / f"{name}-uint8-v{CACHE_VERSION}", build)
 
 
 def read_torchvision(name: str, root: Path, source_dir: str | None, download: bool) -> dict:
