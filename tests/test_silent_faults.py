@@ -187,6 +187,17 @@ def test_a_weight_shared_by_two_layers_is_counted_and_pruned_once(cli, tmp_path)
     assert results["final"]["total_params"] == params + 16 + 16 + 16 + 10  # biases once each
 
 
+def test_units_of_a_shared_weight_are_refused_at_neuron_granularity(tmp_path):
+    """Masking a unit's input columns in a tied weight would cut them from the other layer."""
+    (tmp_path / "tied_nets.py").write_text(TIED)
+    proc = run_cli(["model._target_=tied_nets.Tied", "strategy.granularity=neuron",
+                    "strategy.amount=0.5", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path,
+                   check=False)
+    assert ("strategy.granularity=neuron: layers a.weight and b.weight share one weight tensor"
+            in one_error_line(proc))
+    assert not (tmp_path / "r" / "checkpoints").exists()  # before any training
+
+
 def test_a_shared_weight_stays_dense_when_any_of_its_layers_is_excluded(tmp_path):
     import importlib.util
 

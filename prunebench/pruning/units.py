@@ -30,7 +30,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
-from prunebench.pruning.masks import PRUNABLE, dense_patterns, is_dense
+from prunebench.pruning.masks import PRUNABLE, dense_patterns, is_dense, shared_layers
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -120,8 +120,15 @@ def find_units(model: nn.Module, example: Tensor, exclude: Sequence[str] = ()) -
     Layers left dense (strategy.exclude, the model's dense_by_default) are fixed. A model
     with a `declared_units()` that returns its units (models/hf.py: a Llama-family gated MLP,
     which Torch-Pruning's trace of the whole residual stream cannot follow in reasonable time)
-    is taken at its word instead of traced.
+    is taken at its word instead of traced. A model whose layers share a weight tensor is
+    refused: masking a unit's input columns in a tied weight would cut them from the other
+    layer too.
     """
+    tied = [names for names, _ in shared_layers(model) if len(names) > 1]
+    if tied:
+        raise ConfigError(f"strategy.granularity=neuron: layers {' and '.join(tied[0])} share "
+                          f"one weight tensor, whose units cannot be removed for one layer "
+                          f"alone; use strategy.granularity=weight")
     declared = getattr(model, "declared_units", lambda: None)()
     if declared is not None:
         return _declared_units(model, declared, exclude)
