@@ -481,3 +481,20 @@ def test_a_stop_signal_during_synflow_or_obs_stops_after_the_current_round(monke
     with stop_on_signals(), pytest.raises(Interrupted):
         obs.layer_curvatures(model, weights, batches, 0.01, 128, 1.0)
     assert len(forwards) == 1  # of 3 batches
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_a_present_gpu_is_accepted_as_device(name, monkeypatch):
+    """The device check asks torch.cuda (torch.backends.cuda has no is_available): with a GPU
+    present, device=cuda passes. Found on the first run on a GPU, where every device=cuda run
+    was refused; here the GPU's presence is simulated."""
+    import torch
+
+    from prunebench.config.errors import ConfigError
+    from prunebench.config.inputs import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device(name)
+    with pytest.raises(ConfigError, match="device=cuda:1 is not available"):
+        check_device("cuda:1")

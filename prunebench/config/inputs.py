@@ -182,8 +182,12 @@ def check_device(name) -> None:
                           ) from None
     have = {"cpu": True, "meta": False}.get(device.type)
     if have is None:
-        backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
-        have = bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+        # torch.cuda / torch.xpu answer is_available(); torch.backends.cuda has no such
+        # function (only torch.backends.mps does), so the device module is asked first
+        have = any(getattr(module, "is_available", lambda: False)()
+                   for module in (getattr(torch, device.type, None),
+                                  getattr(torch.backends, device.type, None))
+                   if module is not None)
     if have and device.type == "cuda" and device.index is not None:
         have = device.index < torch.cuda.device_count()
     if not have:
