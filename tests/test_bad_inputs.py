@@ -351,15 +351,19 @@ def test_orphaned_temporary_files_are_cleaned_and_the_finished_run_reused(finish
                run / ".prunebench-tmp.results.json.x9.tmp"]
     # a user's own files that look like temporary ones are not ours to delete
     theirs = [run / ".notes.tmp", run / "checkpoints" / ".state.pt.mine.tmp",
-              run / ".prunebench-tmp.kept"]
+              run / ".prunebench-tmp.kept", run / ".hf.tmp" / "config.json"]
+    orphans.append(run / ".prunebench-tmp.hf.x1.tmp" / "config.json")  # export.hf's folder
     for path in orphans + theirs:
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"half a write")
     proc = run_cli([*BASE, f"hydra.run.dir={run}", f"cache.dir={root / 'cache'}"], cwd=root)
     assert "already holds this run" in proc.stderr
     assert not any(p.exists() for p in orphans)
+    assert not (run / ".prunebench-tmp.hf.x1.tmp").exists()
     assert all(p.read_bytes() == b"half a write" for p in theirs)
     for path in theirs:
         path.unlink()
+    (run / ".hf.tmp").rmdir()
     assert digest(run) == before
 
 

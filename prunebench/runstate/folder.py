@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -74,9 +75,12 @@ def clean_orphans(folder: str | Path) -> list[Path]:
     """Remove what an atomic write killed midway left behind (call only holding the lock)."""
     folder = Path(folder)
     orphans = [p for d in (folder, folder / "checkpoints") if d.is_dir()
-               for p in d.glob(f"{TMP_PREFIX}*") if is_temporary(p) and p.is_file()]
-    for path in orphans:
-        path.unlink(missing_ok=True)
+               for p in d.glob(f"{TMP_PREFIX}*") if is_temporary(p)]
+    for path in orphans:  # files, and folders (export.hf writes one whole, then renames it)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if orphans:
         log.info("removed %d temporary file(s) left by an interrupted write in %s",
                  len(orphans), folder)
