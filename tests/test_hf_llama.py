@@ -205,6 +205,10 @@ def test_export_hf_loads_with_from_pretrained_to_equal_logits(tmp_path, family_m
     (["model=hf", "export.hf=true", "strategy=l2", "strategy.scope=global"],
      "strategy.scope=layer"),
     (["model=hf", "model.dtype=float64"], "model.dtype"),
+    (["model=hf", "model.device_map=balanced"], "model.device_map"),
+    pytest.param(["model=hf", "model.device_map=auto"], "model.device_map",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                          reason="refused only where there is no GPU")),
 ])
 def test_llm_keys_are_checked_in_one_line(tmp_path, family_models, args, key):
     folders, corpus = family_models

@@ -16,6 +16,9 @@ evaluated and saved in; the criteria's calibration statistics and Hessians accum
 float32 whatever it is (strategies/calibration.py reads each layer's inputs as float32, as
 Wanda's and SparseGPT's code do), and the logits are returned in float32.
 
+`model.device_map=auto` (GPUs only; accelerate) places the blocks across the GPUs there are,
+for loading and evaluation; such a model is not moved by `.to(device)` afterwards.
+
 granularity=neuron: see `HFCausalLM.declared_units` (a gated MLP's channels; attention whole).
 """
 
@@ -67,17 +70,19 @@ def first_line(err: BaseException) -> str:
 class HFCausalLM(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
                  tokenizer: str | None = None, revision: str | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", device_map: str | None = None):
         super().__init__()
         if dtype not in DTYPES:
             raise ConfigError(f"model.dtype={dtype} is invalid: allowed {', '.join(DTYPES)}")
+        check_device_map(device_map)
+        self.dispatched = device_map is not None
         transformers = require_transformers()
         local = Path(name).expanduser()
         offline_unless_reachable(f"model.name={name}", name)
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 str(local) if local.is_dir() else name, revision=revision,
-                dtype=getattr(torch, dtype))
+                dtype=getattr(torch, dtype), device_map=device_map)
         except (OSError, ValueError) as err:
             where = "folder" if local.is_dir() else "local folder, nor a hub id reachable now"
             raise ConfigError(f"model.name={name} is not a loadable {where}: "
@@ -98,8 +103,13 @@ class HFCausalLM(nn.Module):
                  f", {converted} Conv1D layers as Linear" if converted else "")
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        # logits in float32 whatever the weights' dtype: losses and perplexities are sums
-        return self.model(input_ids=idx, use_cache=False).logits.float()
+        # logits in float32 whatever the weights' dtype: losses and perplexities are sums;
+        # on the inputs' device (with device_map the last block may sit on another GPU)
+        return self.model(input_ids=idx, use_cache=False).logits.float().to(idx.device)
+
+    def to(self, *args, **kwargs):
+        """A model placed across devices by accelerate (model.device_map) stays where it is."""
+        return self if self.dispatched else super().to(*args, **kwargs)
 
     def declared_units(self) -> dict[str, list[tuple[str, int]]] | None:
         """granularity=neuron on a gated MLP (Llama, Mistral, Qwen2): a unit is one hidden
@@ -119,6 +129,23 @@ class HFCausalLM(nn.Module):
                 *((f"{up}.{p}", 0) for p, _ in layers[1].named_parameters()),
                 (f"{down}.weight", 1)]
         return units or None
+
+
+def check_device_map(device_map: str | None) -> None:
+    """model.device_map: null (the run's `device`) or auto (accelerate spreads the blocks
+    over the GPUs there are, for loading and evaluation)."""
+    if device_map is None:
+        return
+    if device_map != "auto":
+        raise ConfigError(f"model.device_map={device_map} is invalid: allowed null, auto")
+    if not torch.cuda.is_available():
+        raise ConfigError("model.device_map=auto spreads a model over GPUs and this machine "
+                          "has none: leave it null")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ConfigError("model.device_map=auto needs accelerate: pip install accelerate") \
+            from None
 
 
 def linear_from_conv1d(model: nn.Module) -> int:
