@@ -101,7 +101,11 @@ def peer_reported(out_dir) -> bool:
 def failure_line(err: BaseException, out_dir) -> str | int:
     """What a rank says when the run failed: one line from the rank whose error it was (or
     from rank 0 when a peer died without a word), nothing (exit status 1) from the others."""
-    if is_lost_peer(err):
+    if isinstance(err, RankMismatch):  # every rank found it: rank 0 says so
+        if not is_main():
+            return 1
+        what = "RankMismatch"
+    elif is_lost_peer(err):
         if not is_main() or peer_reported(out_dir):
             return 1
         what = "lost another rank"

@@ -98,8 +98,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 def ranks_report(results: dict, err: Exception, out_dir: Path) -> bool | str:
     """Whether this rank writes results.json for a failure: the rank whose error it is does
     ("mine" on a rank other than 0); rank 0 does for a peer that died without a word."""
-    if not distributed.active():
-        return True
+    if not distributed.active() or isinstance(err, distributed.RankMismatch):
+        return distributed.is_main()  # found by every rank: rank 0's report
     if not distributed.is_lost_peer(err):
         results |= {"rank": distributed.rank(), "launch": distributed.run_id()}
         return True if distributed.is_main() else "mine"

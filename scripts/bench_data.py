@@ -163,7 +163,7 @@ def image_folder_case(source_dir: str | None, per_class: int, repeats: int) -> N
         data = load(str(folder), image_size=size, channels=3, root=tmp, val_fraction=0,
                     workers=2)
         decode_s = time.perf_counter() - start
-        cache = next(Path(tmp).glob("image_folder-fmnist-*"))
+        cache = next(Path(tmp).glob("image_folder-fmnist-*-uint8"))
         cache_mb = (cache / "train_x.u8").stat().st_size / 2**20
         print(f"image folder: {n} PNGs -> {size}x{size} RGB, decoded at {n / decode_s:,.0f} "
               f"images/s (2 workers, {decode_s:.1f} s), train cache {cache_mb:.1f} MB")

@@ -72,23 +72,20 @@ def assert_same_run(one, two) -> None:
 def test_two_ranks_equal_one(tmp_path, case):
     one, two = tmp_path / "one", tmp_path / "two"
     run_ranks(1, one, *case)
-    proc = run_ranks(2, two, *case)
+    if case[-1] == "strategy=l1":  # Hydra's default outputs/<date>/<time>, from rank 0's clock
+        two.mkdir()
+        proc = subprocess.run([a for a in command(2, two, *case)
+                               if not a.startswith("hydra.run.dir=")],
+                              cwd=two, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [two] = (two / "outputs").glob("*/*")  # one folder for both ranks
+    else:
+        proc = run_ranks(2, two, *case)
     assert_same_run(one, two)
-    # one folder, written by rank 0 alone: no second timestamped folder, one log
+    # one folder, written by rank 0 alone: no second folder, one log, one table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert len(list(two.glob("*.log"))) == 1
-    assert proc.stdout.count("prunebench: ok") == 1  # rank 0 prints the table
-
-
-def test_default_run_folder_is_agreed(tmp_path):
-    """Hydra's timestamped folder comes from rank 0's clock: one folder for both ranks."""
-    proc = subprocess.run([a for a in command(2, tmp_path / "x", *MLP, "train.epochs=1",
-                                              "finetune.epochs=0")
-                           if not a.startswith("hydra.run.dir=")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    [folder] = (tmp_path / "outputs").glob("*/*")
-    assert (folder / "results.json").exists()
+    assert proc.stdout.count("prunebench: ok") == 1
 
 
 def test_rank_failure_one_line_and_failed_results(tmp_path):
@@ -150,3 +147,40 @@ def test_python_m_prunebench_help():
     proc = subprocess.run([sys.executable, "-m", "prunebench", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "prunebench" in proc.stdout
+
+
+def _checksum_rank(rank: int, store: str, differ: bool, out) -> None:
+    import torch.distributed as dist
+
+    from prunebench import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    masks = [torch.ones(3, 4), torch.tensor([1.0, 0.0, 1.0])]
+    if differ and rank == 1:
+        masks[1] = torch.tensor([1.0, 1.0, 0.0])  # the same count, a moved zero
+    try:
+        distributed.check_same(masks, "masks")
+        out.put((rank, "same"))
+    except distributed.RankMismatch as err:
+        out.put((rank, str(err)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_mask_checksums_agree_or_stop_every_rank(tmp_path, differ):
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("fork")  # torch is imported already: no second import
+    out = context.SimpleQueue()
+    procs = [context.Process(target=_checksum_rank,
+                             args=(rank, str(tmp_path / "store"), differ, out))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    answers = dict(out.get() for _ in procs)
+    if differ:
+        assert all("the ranks' masks differ" in a for a in answers.values()), answers
+    else:
+        assert answers == {0: "same", 1: "same"}
