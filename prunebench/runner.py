@@ -154,6 +154,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
         "gradients": progress.gradients(),
         "cache": {"hit": progress.cache_hit, "dense_train_s": dense["train_s"]},
         "calibration": session.calibration,
+        "ranks": distributed.world(),  # processes the run trained on (torchrun, Slurm tasks)
         **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }
 

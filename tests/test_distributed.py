@@ -53,7 +53,7 @@ def assert_same_run(one, two) -> None:
         else:
             assert torch.equal(tensor, b[name]), name
     ra, rb = (json.loads((r / "results.json").read_text()) for r in (one, two))
-    assert rb["status"] == "ok"
+    assert rb["status"] == "ok" and (ra["ranks"], rb["ranks"]) == (1, 2)
     for phase in ("dense", "pruned", "final"):
         assert rb[phase]["accuracy"] == ra[phase]["accuracy"]  # exact counts, reduced
         assert rb[phase]["nonzero"] == ra[phase]["nonzero"]
@@ -184,3 +184,18 @@ def test_mask_checksums_agree_or_stop_every_rank(tmp_path, differ):
         assert all("the ranks' masks differ" in a for a in answers.values()), answers
     else:
         assert answers == {0: "same", 1: "same"}
+
+
+def test_slurm_tasks_are_ranks(tmp_path):
+    """hydra/launcher=submitit_local with tasks_per_node=2 runs the code path of a multi-task
+    Slurm job (submitit's JobEnvironment): two tasks, one run of two ranks, rank 0 speaking."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunebench", "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}", *BASE, *MLP,
+         "train.epochs=1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    assert results["status"] == "ok" and results["ranks"] == 2
+    logs = {int(p.name.split("_")[1]): p.read_text() for p in sweep.rglob("*_log.err")}
+    assert "mask update" in logs[0] and "mask update" not in logs[1]  # rank 1: errors only
