@@ -25,6 +25,7 @@ from prunebench.results import after_training, emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume
 from prunebench.runstate.progress import Progress
 from prunebench.strategies import allocation
+from prunebench.training import zero_shot
 from prunebench.training.loop import Diverged, evaluate, fit, headline
 from prunebench.training.telemetry import GradientStats
 
@@ -47,6 +48,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         inputs.check(cfg)
         checks.check(cfg)
         export.check(cfg)
+        zero_shot.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None and state.after_training_changed(finished):
             write = False  # until the steps are done again, the finished results stay as they are

@@ -221,3 +221,65 @@ def test_llm_keys_are_checked_in_one_line(tmp_path, family_models, args, key):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and key in errors[0], proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+CLOZE = [("the cat sat on the", [" mat", " park"], 0), ("a dog ran to the", [" tea", " park"], 1),
+         ("we like green", [" tea", " mat"], 0), ("naïve café au", [" cat", " lait"], 1),
+         ("the cat sat on", [" the", " we"], 0), ("a dog ran", [" green", " to"], 1)]
+
+
+def cloze_accuracy(model, tokenizer) -> float:
+    """The test's own multiple-choice accuracy: the choice whose tokens get the highest
+    summed log-probability after the question (the harness's loglikelihood, computed here)."""
+    right = 0
+    for question, choices, answer in CLOZE:
+        scores = []
+        for choice in choices:
+            whole = tokenizer(question + choice, add_special_tokens=False)["input_ids"]
+            start = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+            with torch.no_grad():
+                logits = model(torch.tensor([whole[:-1]])).float().log_softmax(-1)[0]
+            scores.append(sum(logits[i - 1, whole[i]].item() for i in range(start, len(whole))))
+        right += int(max(range(len(choices)), key=scores.__getitem__) == answer)
+    return right / len(CLOZE)
+
+
+def test_eval_tasks_run_the_harness_on_each_phase(tmp_path, family_models):
+    """eval.tasks with a task the test defines (a YAML over a JSON file): its accuracy on the
+    dense, pruned and final models equals the test's own log-likelihood count, lands in
+    results.json with the harness's version and the task's config, and in the table."""
+    import lm_eval
+
+    from prunebench.models.hf import HFCausalLM
+
+    folders, corpus = family_models
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "cloze.json").write_text(json.dumps(
+        [{"question": q, "choices": c, "answer": a} for q, c, a in CLOZE]))
+    (tasks / "cloze.yaml").write_text(
+        "task: tiny_cloze\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tasks / 'cloze.json'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    out = tmp_path / "run"
+    proc = run_cli([f"hydra.run.dir={out}", "cache.enabled=false", "model=hf",
+                    f"model.name={folders['llama']}", "dataset=text", f"dataset.path={corpus}",
+                    "dataset.seq_len=32", "optimizer=adamw", "train.epochs=0",
+                    "finetune.epochs=1", "train.batch_size=8", "strategy=wanda",
+                    "strategy.amount=0.5", "eval.tasks=[tiny_cloze]",
+                    f"eval.include_path={tasks}"], cwd=tmp_path, env=OFFLINE)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["llama"])
+    vocabulary = transformers.AutoConfig.from_pretrained(folders["llama"]).vocab_size
+    for phase in ("dense", "pruned", "final"):
+        model = HFCausalLM((32,), vocabulary, name=str(folders["llama"])).eval()
+        model.load_state_dict(torch.load(out / "checkpoints" / f"{phase}.pt"))
+        assert results[phase]["tasks"]["tiny_cloze"]["acc"] == pytest.approx(
+            cloze_accuracy(model, tokenizer)), phase
+        harness = results[phase]["harness"]
+        assert harness["lm_eval"] == lm_eval.__version__
+        assert harness["configs"]["tiny_cloze"]["output_type"] == "multiple_choice"
+        assert harness["samples"]["tiny_cloze"]["effective"] == len(CLOZE)
+    assert "tiny_cloze acc" in proc.stdout

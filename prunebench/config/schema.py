@@ -163,6 +163,17 @@ class Objective:
 
 
 @dataclass
+class Eval:
+    """Zero-shot tasks of EleutherAI's lm-evaluation-harness (training/zero_shot.py)."""
+
+    tasks: list[str] = node(list, "lm-eval task names run on the dense, pruned and final "
+                                  "models (model=hf; the lm-eval extra), e.g. [boolq, piqa]")
+    include_path: str | None = key(None, "a folder of your own task YAMLs for eval.tasks")
+    limit: int | None = key(None, "at most this many documents per task (null: all)")
+    batch_size: int = key(8, "documents per forward pass of the harness")
+
+
+@dataclass
 class Config:
     model: Component = node(Component, "the network (conf/model/)")
     dataset: Component = node(Component, "the data and its splits (conf/dataset/)")
@@ -181,6 +192,7 @@ class Config:
     export: Export = node(Export, "files written from the final model")
     inference: Inference = node(Inference, "latency of the final model")
     objective: Objective = node(Objective, "the number a run returns to a sweeper")
+    eval: Eval = node(Eval, "zero-shot tasks beside perplexity (lm-evaluation-harness)")
     logger: dict[str, Any] = node(dict, "experiment trackers by name (conf/logger/)")
 
 

@@ -23,6 +23,7 @@ from prunebench.pruning.masks import Masks, sparsity_report
 from prunebench.runstate import files
 from prunebench.runstate.resume import Replay
 from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.training import zero_shot
 from prunebench.training.loop import cross_entropy, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
@@ -170,6 +171,7 @@ class Session:
         metrics |= sparsity_report(self.model, self.strategy.exclude)
         metrics |= macs.count(self.model, self.data.input_shape,  # MACs per image or window
                               self.data.input_dtype)
+        metrics |= zero_shot.run(self.cfg, self.model)  # eval.tasks (lm-evaluation-harness)
         self.phases[phase] = metrics
         save_checkpoint(self.model, self.out_dir, phase)
         return metrics

@@ -570,6 +570,19 @@ def show(groups: list[dict], title: str = "prunebench comparison",
     console.print(table)
 
 
+def task_columns(results: dict) -> list[tuple[str, str]]:
+    """(task, metric) of every zero-shot task a phase ran: acc_norm where the harness gives
+    it (the LLM-pruning papers' choice), else acc, else the task's first metric."""
+    columns: dict[str, str] = {}
+    for phase in ("dense", "pruned", "final"):
+        for task, metrics in ((results.get(phase) or {}).get("tasks") or {}).items():
+            names = [k for k in metrics if "stderr" not in k]
+            preferred = [k for k in ("acc_norm", "acc") if k in names]
+            if names and task not in columns:
+                columns[task] = (preferred or names)[0]
+    return list(columns.items())
+
+
 def show_run(results: dict) -> None:
     """One run: a row per phase (dense, pruned, final) and the time each took."""
     timing = results.get("timing", {})
@@ -586,17 +599,20 @@ def show_run(results: dict) -> None:
                    f"{latency.get('speedup_at')})")
     table = Table(title=f"prunebench: {results.get('status')}", caption=caption)
     judged = "perplexity" if "perplexity" in (results.get("dense") or {}) else "accuracy"
-    for header in ("phase", judged, "loss", "sparsity", "nonzero / params", "time s"):
+    tasks = task_columns(results)  # eval.tasks: one column per lm-evaluation-harness task
+    for header in ("phase", judged, *(f"{t} {m}" for t, m in tasks), "loss", "sparsity",
+                   "nonzero / params", "time s"):
         table.add_column(header, justify="left" if header == "phase" else "right")
     fmt = "{:.3f}" if judged == "perplexity" else "{:.4f}"
     for phase in ("dense", "pruned", "final"):
         m = results.get(phase)
         if not m:
             continue
-        table.add_row(phase, _fmt(m.get(judged), fmt), f"{m['loss']:.4f}",
+        scores = [_fmt(_get(m, "tasks", t, metric), "{:.4f}") for t, metric in tasks]
+        table.add_row(phase, _fmt(m.get(judged), fmt), *scores, f"{m['loss']:.4f}",
                       f"{m['sparsity']:.4f}", f"{m['nonzero']:,} / {m['params']:,}",
                       _fmt(seconds[phase], "{:.2f}"))
     baseline = _get(results, "baseline", "final", judged)
     if baseline is not None:
-        table.add_row("random same density", fmt.format(baseline), "", "", "", "")
+        table.add_row("random same density", fmt.format(baseline), *[""] * (len(tasks) + 4))
     stdout.print(table)
