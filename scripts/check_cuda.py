@@ -36,18 +36,18 @@ def ddp(r: dict, folder: Path) -> tuple[bool, str]:
 
 
 def latency(r: dict, _: Path) -> tuple[bool, str]:
-    lat = r.get("latency", {})
+    lat = r.get("latency") or {}
     if r["status"] != "ok" or "speedup" not in lat:
-        return False, str(lat)[:300]
+        return False, str(r.get("failed_steps") or lat)[:300]
     return True, (f"speedup {lat['speedup']:.2f}x [{lat['speedup_low']:.2f}, "
                   f"{lat['speedup_high']:.2f}] form {lat['speedup_form']}; kernels "
                   + json.dumps(lat.get("kernels"))[:300])
 
 
 def semi_structured(r: dict, _: Path) -> tuple[bool, str]:
-    semi = r.get("semi_structured", {})
-    if not semi.get("converted"):
-        return False, str(semi)[:300]
+    semi = r.get("semi_structured") or {}
+    if not semi.get("converted"):  # skipped, none 2:4, or failed (failed_steps says why)
+        return False, str(r.get("failed_steps") or semi)[:300]
     ok = semi["max_abs_diff"] < 0.05
     return ok, (f"{len(semi['converted'])} Linear layers 2:4, speedup {semi['speedup']:.2f}x "
                 f"({semi['sparse_ms']:.3f} ms vs {semi['dense_ms']:.3f} ms dense, batch "
