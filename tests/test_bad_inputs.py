@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from datafiles import write_idx
+from datafiles import write_idx, write_image_folder
 from filelock import FileLock
 
 # the finished run every value and ownership case is aimed at
@@ -242,8 +242,24 @@ SENSITIVITY = [  # prunebench-sensitivity shares prunebench's checks and says th
               Case("exclude-everything", ["strategy.exclude=[.*]"], "strategy.exclude"),
               Case("amounts", ["--amounts", "0.5,1.5"], "--amounts", code=2)]
 ]
+HF = ["model=hf", "model.name=/nonexistent/model"]  # refused before the folder is read
+IMAGES = ["dataset=image_folder", "dataset.path={images}", "dataset.image_size=8"]
+NEW_KEYS = [  # keys this round added: Hugging Face models, image folders, checkpoints, export.hf
+    Case("hf-name-missing", ["model=hf"], "model.name", also="has no value"),
+    Case("hf-dtype", [*HF, "model.dtype=float64"], "model.dtype=float64",
+         also="float32, bfloat16, float16", into="fresh"),
+    Case("hf-dtype-nan", [*HF, "model.dtype=nan"], "model.dtype=nan", also="finite"),
+    Case("hf-dtype-typo", [*HF, "+model.dtpye=float16"], "model.dtpye", also="model.dtype"),
+    Case("export-hf-type", ["export.hf=maybe"], "export.hf=maybe"),
+    Case("export-hf-not-hf", ["export.hf=true"], "export.hf=true", also="needs model=hf"),
+    Case("workers-zero", [*IMAGES, "dataset.workers=0"], "dataset.workers=0", into="fresh"),
+    Case("workers-nan", [*IMAGES, "dataset.workers=nan"], "dataset.workers=nan",
+         also="finite"),
+    Case("checkpoint-missing", ["dense.checkpoint=/nonexistent/dense.pt"], "dense.checkpoint",
+         also="no such file"),
+]
 CASES = (VALUES + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS
-         + REPORT + YOURS + AFTER + SENSITIVITY)
+         + REPORT + YOURS + AFTER + SENSITIVITY + NEW_KEYS)
 
 
 def digest(folder: Path) -> dict:
@@ -296,8 +312,10 @@ def output_lines(proc) -> list[str]:
 def test_bad_input(case: Case, finished, tmp_path):
     root, run, before = finished
     folder = {"finished": run, "fresh": tmp_path / "run", "sweep": tmp_path / "sweep"}[case.into]
-    args = [a.format(file=tmp_path / "a-file", missing=tmp_path / "does-not-exist")
-            for a in case.args]
+    args = [a.format(file=tmp_path / "a-file", missing=tmp_path / "does-not-exist",
+                     images=tmp_path / "images") for a in case.args]
+    if any("{images}" in a for a in case.args):
+        write_image_folder(tmp_path / "images")
     lock = None
     if case.setup == "own":
         (root / "own_models.py").write_text(OWN_MODELS)

@@ -7,6 +7,8 @@ strategy once so those checks also run before any work; nothing here names a cri
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench.config.errors import ConfigError
@@ -75,6 +77,9 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.amp={amp} is invalid: allowed null, bf16, fp16")
     _choice(cfg, "train.compile", (True, False))
     _choice(cfg, "inference.kernel", ("auto", "dense", "csr"))  # pruning/sparse.py
+    checkpoint = _get(cfg, "dense.checkpoint")  # read once the model is built: said now
+    if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
+        raise ConfigError(f"dense.checkpoint={checkpoint}: no such file")
     _number(cfg, "train.threads", low=1, integer=True, optional=True,
             allowed="an integer >= 1, or null for torch's default")
     if _get(cfg, "objective") is not None:  # the sweep's number, read after the run

@@ -32,6 +32,7 @@ def check(cfg: DictConfig, overrides: list[str] | None = None,
           recompose: Callable[[list[str]], DictConfig] | None = None, groups=None) -> None:
     """All checks of this module on a job's config (no `hydra` node); `overrides` are the
     command's (hydra.overrides.task), `groups` Hydra's runtime.choices."""
+    check_required(cfg)
     check_finite(cfg)
     if overrides:
         check_keys(cfg, overrides, recompose, groups)
@@ -53,6 +54,15 @@ def leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from leaves(v, f"{prefix}{i}.")
     else:
         yield prefix[:-1], node
+
+
+def check_required(cfg: DictConfig) -> None:
+    """A key an option leaves to the user (`???`: model=hf's model.name) must be given."""
+    raw = OmegaConf.to_container(cfg, resolve=False)  # `???` stays a string, nothing resolved
+    missing = [key for key, value in leaves(raw) if value == "???"]
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value: set {missing[0]}=... (the option chosen "
+                          f"for {missing[0].split('.')[0]} needs it)")
 
 
 def check_finite(cfg: DictConfig) -> None:

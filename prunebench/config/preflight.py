@@ -97,8 +97,10 @@ def check_values(config: DictConfig, config_name: str | None) -> None:
                  list(OmegaConf.select(config, "hydra.overrides.task", default=[])),
                  recomposer(config_name), OmegaConf.select(config, "hydra.runtime.choices"))
     from prunebench.config import checks  # imports torch (through the strategies)
+    from prunebench.results import export
 
     checks.check(config)
+    export.check(config)  # export.hf's combinations: refused before Hydra writes the folder
 
 
 def check_sweep_values(config: DictConfig) -> None:
