@@ -13,6 +13,9 @@ Python overhead, which does not shrink with the batch share. On GPUs each rank h
 device and NCCL links, which is where DDP pays off (scripts/check_cuda.sh runs that path).
 
     python scripts/bench_distributed.py [--model resnet20|lenet300] [--repeats 3]
+
+The table also goes to --csv (default docs/performance/data/bench_distributed.csv, which the
+documentation's "Scaling out" page includes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import socket
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +34,7 @@ import torch.multiprocessing as mp
 from prunebench.data import synthetic
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
+from prunebench.runstate import files
 from prunebench.training.loop import FitSettings, fit
 
 
@@ -82,6 +87,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20", choices=("resnet20", "lenet300"))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--csv", default=str(Path(__file__).resolve().parents[1] / "docs" /
+                                             "performance" / "data" / "bench_distributed.csv"))
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(f"{args.model}, 4096 synthetic 32x32 images, global batch {args.batch}, {cores} cores")
@@ -94,6 +101,12 @@ def main() -> None:
         for name, arm in arms.items():
             times[name].append(arm())
         print("  " + "   ".join(f"{name} {t[-1]:6.2f} s" for name, t in times.items()))
+    two_median = statistics.median(times[list(times)[-1]])
+    files.write_csv(args.csv, [
+        {"model": args.model, "arm": name, "epoch s per repeat": ", ".join(f"{s:.1f}" for s in t),
+         "median s": f"{statistics.median(t):.1f}",
+         "median / 2 ranks": f"{statistics.median(t) / two_median:.2f}x"}
+        for name, t in times.items()])
     *ones, two = times.values()
     for name, one in zip(list(times)[:2], ones, strict=True):
         ratios = sorted(a / b for a, b in zip(one, two, strict=True))
