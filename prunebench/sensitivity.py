@@ -127,6 +127,9 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     files.save_torch(out / "checkpoints" / "dense.pt", dense["state_dict"])
     split_name = "val" if data.val is not None and len(data.val) else "test"
     split = getattr(data, split_name)
+    if split_name == "test":
+        print("prunebench-sensitivity: no validation split (dataset.val_fraction=0), so the "
+              "layers are judged on the test split", file=sys.stderr)
 
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     weights = prunable_weights(model)

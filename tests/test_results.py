@@ -237,6 +237,29 @@ def test_objective_constraints():
         objective.value(ok, {"name": "nope"})
 
 
+def test_objective_selects_on_validation_when_test_ranks_disagree(caplog):
+    """Two runs: `a` is better on test, `b` on validation. The objective follows validation
+    for every objective name, so a search keeps `b`; a run without a validation split is
+    scored on test with one warning."""
+    def run(val, test):
+        return {"status": "ok", "dense": {"accuracy": 0.97, "validation": {"accuracy": 0.96}},
+                "final": {"accuracy": test, "sparsity": 0.9, "validation": {"accuracy": val}}}
+
+    a, b = run(val=0.90, test=0.95), run(val=0.93, test=0.91)
+    for name in objective.OBJECTIVES:
+        settings = {"name": name, "min_sparsity": 0.8, "max_drop": 0.05}
+        assert objective.value(b, settings) >= objective.value(a, settings)
+    assert objective.value(a, {"name": "final_accuracy"}) == 0.90
+    assert objective.value(b, {"name": "final_accuracy"}) == 0.93
+    assert objective.value(a, {"name": "sparsity_at_max_drop", "max_drop": 0.05}) \
+        == pytest.approx(-0.01)  # 0.96 - 0.90 on validation; 0.97 - 0.95 on test would pass
+    no_split = {"status": "ok", "dense": {"accuracy": 0.97},
+                "final": {"accuracy": 0.95, "sparsity": 0.9}}
+    with caplog.at_level("WARNING"):
+        assert objective.value(no_split, {"name": "final_accuracy"}) == 0.95
+    assert "no validation split" in caplog.text
+
+
 def test_random_same_density_baseline(cli):
     results, out = cli(["baseline.random_same_density=true", "strategy.amount=0.8",
                         "strategy.scope=global", "finetune.epochs=2"])

@@ -162,12 +162,15 @@ class Session:
         return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
 
     def record(self, phase: str) -> dict:
-        """Evaluate on the test split, save checkpoints/<phase>.pt, keep the numbers."""
+        """Evaluate on the test split (and under `validation` on the validation split, what
+        searches select on), save checkpoints/<phase>.pt, keep the numbers."""
         if self.replay.active:
             return self.replay.record(self, phase)
         if phase == "pruned":
             recovery.record_before(self)
         metrics = evaluate(self.model, self.data, self.data.test)
+        if self.data.val is not None and len(self.data.val):
+            metrics["validation"] = evaluate(self.model, self.data, self.data.val)
         metrics |= sparsity_report(self.model, self.strategy.exclude)
         metrics |= macs.count(self.model, self.data.input_shape,  # MACs per image or window
                               self.data.input_dtype)
