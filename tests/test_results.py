@@ -16,7 +16,7 @@ from conftest import run_cli
 from matplotlib import image
 from scipy import stats as sps
 
-from prunebench.results import objective, plots
+from prunebench.results import objective, plots, stats, table
 
 L1 = {0: 0.91, 1: 0.88, 2: 0.90}
 SNIP = {0: 0.93, 1: 0.92, 2: 0.91}
@@ -126,6 +126,44 @@ def test_seed_statistics_match_scipy_and_hand_formulas(runs):
     assert (l2["latency_ms_mean"], l2["dense_latency_ms_mean"]) == (0.05, 0.2)
     # the 50% group has its own baseline comparison: l1 against itself is not tested
     assert find(rows, strategy="l1", target=0.5)["p_value"] is None
+
+
+def bh_by_hand(p: list[float]) -> list[float]:
+    """Benjamini-Hochberg: sorted p_(i) -> min over j >= i of min(1, m p_(j) / j)."""
+    order = sorted(range(len(p)), key=p.__getitem__)
+    adjusted, running = [0.0] * len(p), 1.0
+    for rank in range(len(p), 0, -1):
+        i = order[rank - 1]
+        running = min(running, len(p) * p[i] / rank)
+        adjusted[i] = running
+    return adjusted
+
+
+def test_adjusted_p_values_cover_every_paired_test_of_the_table(runs):
+    """Every p-value of the table (against the baseline, against the random control) is
+    adjusted together: equal to scipy's false_discovery_control and to BH by hand; the raw
+    ones are kept, and the significance mark reads the adjusted one."""
+    run_cli([str(runs)], cwd=runs, script="prunebench-report")  # md, csv and json
+    rows = json.loads((runs / "comparison.json").read_text())
+    tests = [(r, "p_value", "p_adj") for r in rows if r.get("p_value") is not None]
+    tests += [(r, f"{c}_p_mean", f"{c}_p_adj_mean") for r in rows
+              for c in ("random", "shuffled", "reinit") if r.get(f"{c}_p_mean") is not None]
+    assert len(tests) >= 3
+    raw = [r[k] for r, k, _ in tests]
+    got = [r[adjusted] for r, _, adjusted in tests]
+    assert got == pytest.approx(list(sps.false_discovery_control(raw, method="bh")))
+    assert got == pytest.approx(bh_by_hand(raw))
+    assert all(a >= p for a, p in zip(got, raw, strict=True))
+    header = (runs / "comparison.csv").read_text().splitlines()[0].split(",")
+    assert "p_value" in header and "p_adj" in header
+    md = (runs / "comparison.md").read_text()
+    for r, k, adjusted in tests:
+        if k == "p_value":
+            assert f"BH p={r[adjusted]:.3g}" in md
+    assert table.significance({"p_adj": 0.049}) == " *"
+    assert table.significance({"p_adj": 0.051, "p_value": 0.01}) == ""  # raw p is not enough
+    alone = stats.group([{"status": "ok", "strategy": "x", "seed": 0}])
+    assert math.isnan(alone[0]["p_adj"])  # no test, no adjusted value
 
 
 def test_markdown_csv_and_terminal_show_mean_std_and_evidence(runs):

@@ -4,7 +4,8 @@ A group's cells are mean, sample standard deviation (ddof=1) and the half-width 
 confidence interval of the mean from Student's t distribution. The paired test compares a
 group's final accuracy (final perplexity for language models, where lower is better) with the
 baseline strategy's group at the same model, dataset, schedule and target, pairing runs by
-seed (scipy.stats.ttest_rel). Runs whose status is not "ok" are
+seed (scipy.stats.ttest_rel). Every table's p-values are also adjusted together for multiple
+comparisons (Benjamini-Hochberg, `adjust`). Runs whose status is not "ok" are
 never averaged in: each is returned as a row of its own.
 """
 
@@ -27,11 +28,15 @@ METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "spa
            "prune_s", "prune_peak_mb", "finetune_epochs", "finetune_steps",
            "random_pruned_acc", "random_final_acc", "gain_vs_random",
            "shuffled_final_acc", "reinit_final_acc", "pruned_before_bn_acc",
-           "random_p", "shuffled_p", "reinit_p",
+           "random_p", "shuffled_p", "reinit_p", "random_p_adj", "shuffled_p_adj",
+           "reinit_p_adj",
            "grad_max", "clipped",
            "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl")
 BUDGET = ("finetune_epochs", "finetune_steps")
 CONTROLS = ("random", "shuffled", "reinit")  # <control>_final_acc -> <control>_p
+# every paired test a table carries, and where its Benjamini-Hochberg adjusted p-value goes
+ADJUSTED = {"p_value": "p_adj", **{f"{c}_p_mean": f"{c}_p_adj_mean" for c in CONTROLS}}
+ALPHA = 0.05  # a difference is marked significant when its adjusted p-value is below this
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
@@ -77,6 +82,7 @@ def group(rows: list[dict], group_by: tuple[str, ...] | None = None,
     out = [_summarize(members, keys) for members in groups.values()]
     if baseline:
         _compare(out, groups, keys, baseline)
+    adjust(out)
     for r in rows:
         if r.get("status") != "ok":
             out.append({**{k: r.get(k) for k in keys}, "status": r.get("status"), "n": 0,
@@ -149,6 +155,23 @@ def _compare(out: list[dict], groups: dict, keys: tuple[str, ...], baseline: str
         g |= {"baseline": _label(ref), "diff_vs_baseline": diff, "p_value": p, "pairs": pairs}
         if g["_budget"] != ref["_budget"]:
             g["flags"] = "; ".join(filter(None, [g["flags"], "budget differs from baseline"]))
+
+
+def adjust(rows: list[dict]) -> None:
+    """Benjamini-Hochberg adjusted p-values (scipy.stats.false_discovery_control) over every
+    paired test in the table, against the baseline and against the controls alike: a table
+    of a dozen tests at 0.05 would otherwise show a 'significant' difference by chance alone
+    about half the time. The raw p-values stay; significance marks read the adjusted ones."""
+    cells = [(r, k) for r in rows for k in ADJUSTED if isinstance(r.get(k), float)
+             and math.isfinite(r[k])]
+    for r in rows:
+        for k, adjusted in ADJUSTED.items():
+            if k in r:
+                r[adjusted] = math.nan
+    if cells:
+        values = sps.false_discovery_control([r[k] for r, k in cells], method="bh")
+        for (r, k), value in zip(cells, values, strict=True):
+            r[ADJUSTED[k]] = float(value)
 
 
 def _per_seed(members: list[dict], metric: str) -> dict:

@@ -71,11 +71,14 @@ OPTIONAL = [
     ("random_final_ppl", "random same density ppl", "{:.3f}"),
     ("gain_vs_random", "gain vs random", "{:+.4f}"),
     ("random_p", "p vs random", "{:.3g}"),
+    ("random_p_adj", "BH p vs random", "{:.3g}"),
     # the controls of pruning/controls.py: final accuracy, paired test of the run against it
     ("shuffled_final_acc", "shuffled mask", "{:.4f}"),
     ("shuffled_p", "p vs shuffled", "{:.3g}"),
+    ("shuffled_p_adj", "BH p vs shuffled", "{:.3g}"),
     ("reinit_final_acc", "reinit", "{:.4f}"),
     ("reinit_p", "p vs reinit", "{:.3g}"),
+    ("reinit_p_adj", "BH p vs reinit", "{:.3g}"),
     ("pruned_before_bn_acc", "pruned acc before BN recal.", "{:.4f}"),
     ("latency_ms", "latency ms", "{:.3f}"),
     ("forward_ms", "forward ms", "{:.3f}"),
@@ -319,7 +322,7 @@ def key_columns(groups: list[dict]) -> list[str]:
 
 
 _NON_KEY = {"status", "n", "seeds", "run", "error", "flags", "baseline", "diff_vs_baseline",
-            "p_value", "pairs", "_per_seed", "_budget", "_judged", "speedup_form",
+            "p_value", "p_adj", "pairs", "_per_seed", "_budget", "_judged", "speedup_form",
             "speedup_significant"} | {
     f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "ci95")}
 
@@ -379,8 +382,9 @@ def speedup_cell(g: dict, text: str, fmt: str, spread: bool = True) -> str:
 
 
 def versus(g: dict) -> str:
-    """`+0.0123 vs l1 (p=0.041, n=3)` against the baseline strategy (perplexity: `-1.234 ppl
-    vs l1`, lower is better), or blank."""
+    """`+0.0123 vs l1 (p=0.041, BH p=0.082, n=3)` against the baseline strategy (perplexity:
+    `-1.234 ppl vs l1`, lower is better), `*` after it when the adjusted p-value is below
+    stats.ALPHA, or blank."""
     if not g.get("baseline"):
         return ""
     if g.get("_judged") == "final_ppl":
@@ -388,8 +392,13 @@ def versus(g: dict) -> str:
     else:
         text = f"{g['diff_vs_baseline']:+.4f} vs {g['baseline']}"
     if _finite(g.get("p_value")):
-        text += f" (p={g['p_value']:.3g}, n={g['pairs']})"
-    return text
+        text += f" (p={g['p_value']:.3g}, BH p={g['p_adj']:.3g}, n={g['pairs']})"
+    return text + significance(g)
+
+
+def significance(g: dict) -> str:
+    """` *` when the difference from the baseline is significant after the adjustment."""
+    return " *" if _finite(g.get("p_adj")) and g["p_adj"] < stats.ALPHA else ""
 
 
 def key_text(g: dict, key: str) -> str:
@@ -416,7 +425,7 @@ def markdown(groups: list[dict]) -> str:
 def records(groups: list[dict]) -> list[dict]:
     """Plain records for CSV/JSON: every key, mean/std/ci95 of every metric, the test."""
     tail = ["speedup_form", "speedup_significant", "baseline", "pairs", "diff_vs_baseline",
-            "p_value", "flags", "seeds", "run", "error"]
+            "p_value", "p_adj", "flags", "seeds", "run", "error"]
     out = []
     for g in groups:
         keys = [k for k in g if k not in _NON_KEY]
@@ -477,12 +486,12 @@ def best_per_target(groups: list[dict]) -> set[int]:
 
 def _terminal_versus(g: dict, shared: str | None) -> str:
     """`versus` for the terminal: with one baseline for every row its name is in the header,
-    and a cell is the difference and the p-value only."""
+    and a cell is the difference and the adjusted p-value only (the files keep both)."""
     if shared is None or not g.get("baseline"):
         return versus(g)
     fmt = "{:+.3f}" if g.get("_judged") == "final_ppl" else "{:+.4f}"
     text = fmt.format(g["diff_vs_baseline"])
-    return text + (f" p={g['p_value']:.2g}" if _finite(g.get("p_value")) else "")
+    return text + (f" p={g['p_adj']:.2g}" if _finite(g.get("p_adj")) else "") + significance(g)
 
 
 def terminal_cell(g: dict, metric: str, fmt: str) -> str:
