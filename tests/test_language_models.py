@@ -89,7 +89,10 @@ def test_gpt_prunes_only_block_linears_and_reports_perplexity_per_phase(cli, cor
     state = torch.load(out / "checkpoints" / "final.pt")
     for dense in ("wte.weight", "wpe.weight", "ln_f.weight"):
         assert torch.count_nonzero(state[dense]) == state[dense].numel()
-    assert results["calibration"] == {"split": "train", "seed": 1, "batch_size": 16}
+    # l1 draws no calibration data; the record says so
+    assert results["calibration"] == {"source": "text:train", "seed": 1, "samples_limit": None,
+                                      "batch_size": 16, "windows": 0, "seq_len": None,
+                                      "sha256": None}
 
 
 def test_gpt_neuron_pruning_removes_mlp_units_and_keeps_the_head_split(cli, corpus):
@@ -160,3 +163,54 @@ def test_tables_and_objective_know_lower_perplexity_is_better():
     assert objective.value(lm_results("l1", 0, 6.0), drop) == 0.5  # 6/5 - 1 = 0.2 <= 0.25
     assert objective.value(lm_results("l1", 0, 6.5), drop) == pytest.approx(-0.05)
     json.dumps(table.records(groups))  # plain JSON for comparison.json
+
+
+def test_calibration_draw_is_recorded_and_reproducible(cli, corpus):
+    """Wanda with calibration.seed and calibration.samples: results.json records the windows
+    drawn, their length, the seed and the SHA-256 of their token ids, which equal a draw made
+    here from the same split with the same seed."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from prunebench import build
+    from prunebench.data import batches
+
+    results, _ = cli(["model=gpt", "dataset=text", f"dataset.path={corpus}",
+                      "dataset.seq_len=16", "model.n_embd=32", "model.n_layer=1",
+                      "model.n_head=2", "train.batch_size=8", "strategy=wanda",
+                      "strategy.amount=0.5", "calibration.seed=7", "calibration.samples=12"])
+    record = results["calibration"]
+    assert (record["seed"], record["windows"], record["seq_len"]) == (7, 12, 16)
+    data = build.dataset(OmegaConf.create(results["config"]))
+    drawn = batches(data, data.train, 8, shuffle=True, generator=torch.Generator().manual_seed(7))
+    ids = torch.cat([x for x, _ in drawn])[:12]
+    assert record["sha256"] == hashlib.sha256(ids[:8].numpy().tobytes()
+                                              + ids[8:].numpy().tobytes()).hexdigest()
+
+
+def test_calibration_seeds_fold_into_one_row_with_model_seeds(tmp_path):
+    """Two model seeds x two calibration seeds per strategy: one row each, n = 4, the paired
+    test over the four (seed, calibration seed) pairs (scipy's ttest_rel)."""
+    from scipy import stats as sps
+
+    ppl = {}
+    for strategy, base in (("l1", 6.0), ("wanda", 5.5)):
+        for seed in (0, 1):
+            for draw in (5, 6):
+                value = base + 0.1 * seed + 0.03 * draw * (strategy == "wanda")
+                ppl[strategy, seed, draw] = value
+                results = lm_results(strategy, seed, value)
+                results["config"]["calibration"] = {"seed": draw, "samples": 128}
+                folder = tmp_path / f"{strategy}-{seed}-{draw}"
+                folder.mkdir()
+                (folder / "results.json").write_text(json.dumps(results))
+    rows = stats.group(table.collect(tmp_path))
+    assert len(rows) == 2 and all(r["n"] == 4 for r in rows)
+    wanda = next(r for r in rows if r["strategy"] == "wanda")
+    assert wanda["seeds"] == "0,1 x calibration 5,6" and wanda["pairs"] == 4
+    keys = [(s, d) for s in (0, 1) for d in (5, 6)]
+    a = [ppl["wanda", s, d] for s, d in keys]
+    b = [ppl["l1", s, d] for s, d in keys]
+    assert wanda["final_ppl_mean"] == pytest.approx(sum(a) / 4)
+    assert wanda["p_value"] == pytest.approx(sps.ttest_rel(a, b).pvalue)

@@ -155,6 +155,16 @@ class Inference:
 
 
 @dataclass
+class Calibration:
+    """The training samples data-driven criteria score on (pruning/session.py)."""
+
+    seed: int | None = key(None, "seed of the calibration draw, independent of the model "
+                                 "seed; null: seed + 1")
+    samples: int | None = key(None, "at most this many training samples (windows) per "
+                                    "calibration draw; null: what the criterion's batches take")
+
+
+@dataclass
 class Objective:
     name: str = key("final_accuracy", "final_accuracy | final_accuracy_at_min_sparsity | "
                                       "sparsity_at_max_drop: what a run returns to a sweeper")
@@ -193,6 +203,8 @@ class Config:
     inference: Inference = node(Inference, "latency of the final model")
     objective: Objective = node(Objective, "the number a run returns to a sweeper")
     eval: Eval = node(Eval, "zero-shot tasks beside perplexity (lm-evaluation-harness)")
+    calibration: Calibration = node(Calibration, "the calibration draw of data-driven "
+                                                 "criteria, recorded in results.json")
     logger: dict[str, Any] = node(dict, "experiment trackers by name (conf/logger/)")
 
 

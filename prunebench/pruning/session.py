@@ -6,6 +6,7 @@ A schedule decides *when* masks change and calls `session.prune(amount)` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunebench import build, distributed
@@ -56,10 +57,20 @@ class Session:
         self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
         self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
-        # what data-driven criteria calibrate on: shuffled training batches drawn from the
-        # session's generator (so a one-shot prune draws the first batches of this seed)
-        self.calibration = {"split": "train", "seed": cfg.seed + 1,
-                            "batch_size": cfg.train.batch_size}
+        # what data-driven criteria calibrate on: shuffled training batches drawn from their
+        # own generator, seeded by calibration.seed (default seed + 1, the session's, so a
+        # one-shot prune draws the first batches of this seed), at most calibration.samples
+        # samples per draw; results.json records what was drawn (calibration_record)
+        seed = OmegaConf.select(cfg, "calibration.seed", default=None)
+        self.calibration_seed = cfg.seed + 1 if seed is None else int(seed)
+        self.calibration_samples = OmegaConf.select(cfg, "calibration.samples", default=None)
+        self.calibration_generator = (self.generator if seed is None else
+                                      torch.Generator().manual_seed(self.calibration_seed))
+        self.calibration = {"source": f"{cfg.dataset.name}:train",
+                            "seed": self.calibration_seed, "samples_limit":
+                            self.calibration_samples, "batch_size": cfg.train.batch_size,
+                            "windows": 0, "seq_len": None, "sha256": None}
+        self._calibration_hash = hashlib.sha256()
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay = replay if replay is not None else Replay()
         # fine-tuning loss: None is cross-entropy; distillation sets one (recovery.py)
@@ -86,10 +97,21 @@ class Session:
 
     def context(self) -> PruneContext:
         def train_batches():
-            return batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
-                           generator=self.generator)
+            drawn = batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
+                            generator=self.calibration_generator)
+            return self.recorded(limited(drawn, self.calibration_samples))
         return PruneContext(train_batches, cross_entropy, self.data.train.y.device,
-                            self.generator)
+                            self.calibration_generator)
+
+    def recorded(self, drawn):
+        """The calibration batches, counted and hashed (the SHA-256 of the input ids or
+        values, in the order drawn) as the criterion takes them."""
+        for x, y in drawn:
+            self._calibration_hash.update(x.detach().cpu().contiguous().numpy().tobytes())
+            self.calibration["windows"] += len(x)
+            self.calibration["seq_len"] = int(x.shape[1]) if self.data.task == "lm" else None
+            self.calibration["sha256"] = self._calibration_hash.hexdigest()
+            yield x, y
 
     def prune(self, amount: float | None) -> None:
         """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
@@ -178,6 +200,19 @@ class Session:
         self.phases[phase] = metrics
         save_checkpoint(self.model, self.out_dir, phase)
         return metrics
+
+
+def limited(drawn, samples: int | None):
+    """The batches of `drawn`, cut after `samples` samples in all (None: all of them)."""
+    left = samples
+    for x, y in drawn:
+        if left is not None and left <= 0:
+            return
+        if left is not None and len(x) > left:
+            x, y = x[:left], y[:left]
+        if left is not None:
+            left -= len(x)
+        yield x, y
 
 
 def save_checkpoint(model: nn.Module, out_dir: Path, phase: str) -> None:

@@ -53,9 +53,9 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 
 
 def paired(values: dict, reference: dict) -> tuple[float, float, int]:
-    """(mean paired difference, two-sided p-value, pairs) over the seeds both sides have."""
-    seeds = sorted(s for s in values.keys() & reference.keys()
-                   if not _isnan(values[s]) and not _isnan(reference[s]))
+    """(mean paired difference, two-sided p-value, pairs) over the draws both sides have."""
+    seeds = sorted((s for s in values.keys() & reference.keys()
+                    if not _isnan(values[s]) and not _isnan(reference[s])), key=str)
     if not seeds:
         return math.nan, math.nan, 0
     a = np.array([values[s] for s in seeds], dtype=float)
@@ -103,8 +103,8 @@ def _summarize(members: list[dict], keys: tuple[str, ...]) -> dict:
     flags = []
     if any(len({_hashable(m.get(b)) for m in members}) > 1 for b in BUDGET):
         flags.append("budgets differ across seeds")
-    seeds = [m.get("seed") for m in members]
-    if len(set(seeds)) < len(seeds):
+    draws = [draw(m) for m in members]
+    if len(set(draws)) < len(draws):
         flags.append("repeated seeds")
     row["flags"] = "; ".join(flags)
     row |= _speed_forms(members)
@@ -174,13 +174,20 @@ def adjust(rows: list[dict]) -> None:
             r[ADJUSTED[k]] = float(value)
 
 
+def draw(run: dict) -> tuple:
+    """What a run is one draw of: its model seed and its calibration seed. Runs that differ
+    in either fold into one row (n = seeds x calibration draws) and pair on both."""
+    return run.get("seed"), run.get("calibration_seed")
+
+
 def _per_seed(members: list[dict], metric: str) -> dict:
-    """Seed -> value, averaging runs that share a seed (possible when pooling)."""
+    """(seed, calibration seed) -> value, averaging runs that share both (possible when
+    pooling)."""
     by_seed = defaultdict(list)
     for m in members:
         value = m.get(metric)
         if value is not None and not _isnan(value):
-            by_seed[m.get("seed")].append(value)
+            by_seed[draw(m)].append(value)
     return {s: float(np.mean(v)) for s, v in by_seed.items()}
 
 
@@ -190,8 +197,14 @@ def _label(row: dict) -> str:
 
 
 def _seed_text(members: list[dict]) -> str:
-    seeds = {m.get("seed") for m in members} - {None}
-    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (not isinstance(s, int), s)))
+    """`0,1,2`, or with calibration draws `0,1 x calibration 5,6`."""
+    def text(values):
+        values = set(values) - {None}
+        return ",".join(str(s) for s in sorted(values, key=lambda s: (not isinstance(s, int),
+                                                                      s)))
+    seeds = text(m.get("seed") for m in members)
+    calibration = text(m.get("calibration_seed") for m in members)
+    return f"{seeds} x calibration {calibration}" if calibration else seeds
 
 
 def _isnan(value) -> bool:

@@ -34,8 +34,9 @@ MAX_RESULTS_BYTES = 64 * 2**20
 TRACKER_FOLDERS = {"mlartifacts", "mlruns", "wandb"}  # logger=...: artifact copies live there
 
 # config keys that never make two runs different experiments (where and how fast they ran)
-IGNORED_SETTINGS = ("seed", "device", "cache.", "train.threads", "objective.", "dataset.root",
-                    "dataset.source_dir", "dataset.download")
+# (calibration.seed is a draw like seed: runs differing in it fold into one row)
+IGNORED_SETTINGS = ("seed", "calibration.seed", "device", "cache.", "train.threads",
+                    "objective.", "dataset.root", "dataset.source_dir", "dataset.download")
 # config keys already shown in the key columns
 KEY_SETTINGS = ("model.name", "dataset.name", "strategy.name", "strategy.variant",
                 "strategy.granularity", "strategy.scope", "schedule.name", "strategy.amount",
@@ -133,6 +134,7 @@ def row(results: dict, run: str) -> dict:
         "target": amount if amount is not None else (
             f"t<{threshold}" if threshold is not None else OWN),
         "seed": cfg.get("seed"),
+        "calibration_seed": _get(cfg, "calibration", "seed"),
         "dense_acc": dense_acc,
         "pruned_acc": _get(results, "pruned", "accuracy"),
         "final_acc": final_acc,

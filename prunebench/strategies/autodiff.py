@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -14,13 +15,9 @@ Batch = tuple[Tensor, Tensor]
 
 
 def take_batches(ctx: PruneContext, count: int) -> list[Batch]:
-    """The first `count` batches of a fresh pass over the training split (fewer if it ends)."""
-    out: list[Batch] = []
-    for batch in ctx.batches():
-        if len(out) == count:
-            break
-        out.append(batch)
-    return out
+    """The first `count` batches of a fresh pass over the training split (fewer if it ends);
+    no batch past them is drawn (the run records what calibration drew)."""
+    return list(itertools.islice(ctx.batches(), count))
 
 
 @contextlib.contextmanager
