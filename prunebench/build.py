@@ -11,11 +11,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config import checks
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
 from prunebench.models import own
 from prunebench.training import optimizers
 from prunebench.training.loop import FitSettings
+
+
+def check(cfg: DictConfig) -> None:
+    """Every value check before any work: the keys every run has (config/checks.py), then
+    the strategy built once, so its constructor checks its own keys."""
+    checks.check(cfg, lambda: strategy_class(cfg).sets_own_sparsity)
+    strategy(cfg)
 
 
 @contextmanager

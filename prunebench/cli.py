@@ -19,7 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from prunebench import ranks
 from prunebench.config import messages
+from prunebench.config.errors import ConfigError
 from prunebench.config.schema import GROUPS  # importing prunebench registers the config schema
+from prunebench.runstate.signals import Interrupted, stop_on_signals
 
 log = logging.getLogger("prunebench")
 
@@ -108,9 +110,7 @@ def task(cfg: DictConfig) -> float | None:
     _task_started = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweep composes per job
     from prunebench import distributed, runner  # torch loads here, after Hydra parsed the line
     from prunebench.config import inputs
-    from prunebench.config.checks import ConfigError
     from prunebench.results import objective, table
-    from prunebench.runstate.resume import Interrupted, stop_on_signals
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN

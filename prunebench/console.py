@@ -11,6 +11,8 @@ from rich.errors import LiveError
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from prunebench.runstate.signals import stop_if_requested
+
 console = Console(stderr=True)
 
 
@@ -41,8 +43,6 @@ def steps(description: str, total: int) -> Iterator[Callable[[int], None]]:
     Inside another bar (pruning from a training step: gradual and dynamic schedules) a rich
     older than 14.1 allows no second live display; the loop then runs without its own bar.
     """
-    from prunebench.runstate.resume import stop_if_requested  # torch: only where used
-
     bar = progress()
     try:
         bar.start()

@@ -15,15 +15,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build, distributed
-from prunebench.config import checks, inputs
+from prunebench.config import inputs
+from prunebench.config.errors import ConfigError
 from prunebench.data import batches
 from prunebench.models import checkpoint, own
 from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.masks import check_exclude, check_prunable, prunable_weights
 from prunebench.pruning.session import Session
 from prunebench.results import after_training, emptiness, export, trackers
-from prunebench.runstate import cache, files, folder, resume
+from prunebench.runstate import cache, files, folder, resume, signals
 from prunebench.runstate.progress import Progress
+from prunebench.schedules.iterative import rewind_epoch
 from prunebench.strategies import allocation
 from prunebench.training import zero_shot
 from prunebench.training.loop import Diverged, evaluate, fit, headline
@@ -46,7 +48,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     tracking = trackers.Tracking()  # logger=...: experiment trackers, no-op until started
     try:
         inputs.check(cfg)
-        checks.check(cfg)
+        build.check(cfg)
         export.check(cfg)
         zero_shot.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
@@ -72,10 +74,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             "diverged": {"phase": err.phase, "epoch": err.epoch, "step": err.step,
                          "what": err.what}}
         log.error("%s", err)
-    except (resume.Interrupted, KeyboardInterrupt) as err:
+    except (signals.Interrupted, KeyboardInterrupt) as err:
         results |= progress.results() | {"status": "interrupted", "error": repr(err)}
         raise
-    except checks.ConfigError as err:
+    except ConfigError as err:
         results |= progress.results() | {"error": f"ConfigError: {err}"}
         write = fresh
         raise
@@ -258,7 +260,7 @@ def train_dense(cfg: DictConfig, model, data, progress: Progress,
 def snapshot_keeper(cfg: DictConfig, model, data, snapshots: dict):
     """fit's on_step keeping the weights after dense epoch k in `snapshots` (lottery-ticket
     rewinding to epoch k), or None when no schedule rewinds there."""
-    epoch = cache.rewind_epoch(cfg)
+    epoch = rewind_epoch(cfg)
     if not epoch:
         return None
     at_step = epoch * math.ceil(len(data.train) / cfg.train.batch_size)

@@ -114,7 +114,8 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     from prunebench.pruning.masks import prunable_weights
     from prunebench.runstate import files, resume
     from prunebench.runstate.progress import Progress
-    from prunebench.strategies.base import PruneContext, bottom_k
+    from prunebench.strategies.base import PruneContext
+    from prunebench.strategies.selection import bottom_k
     from prunebench.training.loop import evaluate
 
     start = time.perf_counter()

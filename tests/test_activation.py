@@ -9,7 +9,7 @@ import torch
 from test_structured import context, conv_net, ready
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.pruning.masks import Masks
 from prunebench.strategies.activation import Activation
 

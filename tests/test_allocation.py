@@ -111,10 +111,11 @@ def test_scope_is_an_alias_and_contradictions_are_one_line(cli):
     from omegaconf import OmegaConf
 
     from prunebench.config import checks
+    from prunebench.config.errors import ConfigError
     bad = OmegaConf.create({"strategy": {"name": "l1", "amount": 0.5, "scope": "layer",
                                          "allocation": "erk", "granularity": "weight"}})
-    with pytest.raises(checks.ConfigError, match="scope=layer contradicts .*allocation=erk"):
-        checks.check_strategy(bad)
+    with pytest.raises(ConfigError, match="scope=layer contradicts .*allocation=erk"):
+        checks.check_strategy(bad, lambda: False)
 
     results, out = cli(["strategy.allocation=erk", "strategy.amount=0.9"])
     chosen = results["allocation"]

@@ -462,7 +462,7 @@ def test_a_stop_signal_during_exact_hessian_scoring_stops_at_the_next_rows(monke
     import torch
     from torch import nn
 
-    from prunebench.runstate.resume import Interrupted, stop_on_signals
+    from prunebench.runstate.signals import Interrupted, stop_on_signals
     from prunebench.strategies.base import PruneContext
     from prunebench.strategies.hessian import exact_diagonal
 
@@ -482,7 +482,7 @@ def test_a_stop_signal_during_synflow_or_obs_stops_after_the_current_round(monke
     import torch
     from torch import nn
 
-    from prunebench.runstate.resume import Interrupted, stop_on_signals
+    from prunebench.runstate.signals import Interrupted, stop_on_signals
     from prunebench.strategies import gradient, obs
     from prunebench.strategies.base import PruneContext
 

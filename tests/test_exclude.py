@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.models.mlp import MLP
 from prunebench.pruning.masks import Masks, prunable_weights, sparsity_report
 from prunebench.strategies.base import PruneContext

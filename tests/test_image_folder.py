@@ -8,7 +8,7 @@ import pytest
 import torch
 from datafiles import write_image_folder
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data.image_folder import load
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.models.library import timm_model, torchvision_model
 
 SMALL = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32",

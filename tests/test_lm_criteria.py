@@ -255,7 +255,7 @@ def test_semi_structured_export_matches_the_dense_forward_on_cuda():
 
 
 def test_calibration_groups_are_a_gpts_blocks_and_memory_is_planned_first():
-    from prunebench.config.checks import ConfigError
+    from prunebench.config.errors import ConfigError
     from prunebench.models.gpt import GPT
     from prunebench.strategies import calibration, sparsegpt
 

@@ -13,7 +13,7 @@ from torch import nn
 from prunebench import build
 from prunebench.cli import available
 from prunebench.config import schema
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.training import optimizers
 
 schema.register()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import digits
 from prunebench.models import checkpoint
 

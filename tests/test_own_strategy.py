@@ -13,7 +13,7 @@ from conftest import run_cli
 # keeps the weights whose magnitude is nearest `center` (its own key): a ranking no built-in
 # criterion makes, so the masks below can only come from this module
 MODULE = '''
-from prunebench.config.checks import number
+from prunebench.config.values import number
 from prunebench.strategies.base import Strategy
 
 

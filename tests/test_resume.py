@@ -56,6 +56,12 @@ def wait_for_state(run, phase: str, fit: int, proc, timeout: float = 300) -> Non
     # pruning every 20 steps from on_step, recording 'pruned' when the target is reached
     (signal.SIGUSR1, "finetune", 0, ["schedule=gradual", "schedule.end=2",
                                      "schedule.frequency=20"]),
+    # dynamic sparsity: mask updates from on_step, before and after the saved epoch; DNS
+    # trains the dense weights behind masks held in the forward pass
+    (signal.SIGTERM, "finetune", 0, ["schedule=dynamic", "schedule.variant=dns",
+                                     "schedule.end=2", "schedule.frequency=20"]),
+    (signal.SIGTERM, "finetune", 0, ["schedule=dynamic", "schedule.variant=rigl",
+                                     "schedule.end=2", "schedule.frequency=20"]),
 ])
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, sig, phase, fit,
                                                             schedule):

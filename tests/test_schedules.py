@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from copy import deepcopy as copy_module
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, checkpoint_accuracy, run_cli
 from hydra import compose, initialize_config_module
+from torch.nn.utils import parametrize
 
 from prunebench import build
+from prunebench.data import batches
+from prunebench.pruning import recovery
 from prunebench.pruning.session import Session
-from prunebench.schedules.dynamic import Dynamic, attach
+from prunebench.schedules.dynamic import Dynamic, attach, regrow
 from prunebench.schedules.gradual import cubic_sparsity
 from prunebench.schedules.iterative import geometric_path
 
@@ -216,3 +220,57 @@ def test_dns_with_a_threshold_and_schedules_that_need_an_amount(cli, tmp_path):
                        cwd=tmp_path, check=False)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode != 0 and len(lines) == 1 and "strategy.amount" in lines[0]
+
+
+def bn_statistics(model) -> list[torch.Tensor]:
+    return [t.clone() for m in recovery.norms(model) for t in (m.running_mean, m.running_var)]
+
+
+def recalibrated_by_hand(session, model) -> list[torch.Tensor]:
+    """The statistics recovery.recalibrate gives `model` on the session's recalibration
+    batches (their own generator, seed + 5): what a mask change must leave behind."""
+    copy = copy_module(model)
+    cfg, data = session.cfg, session.data
+    recovery.recalibrate(copy, batches(data, data.train, cfg.train.batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(cfg.seed + 5)),
+                         cfg.finetune.bn_batches)
+    return bn_statistics(copy)
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_dns_and_rigl_updates_recalibrate_batch_norm(tmp_path, recalibrate):
+    """Every dynamic mask update takes the Session's path: BatchNorm statistics are
+    recalibrated for the new masks (RigL: zeroed weights; DNS: masks in the forward pass),
+    and left alone with finetune.bn_recalibrate=false."""
+    session = make_session(tmp_path, ["model=resnet", "model.depth=8", "strategy.amount=0.5",
+                                      "finetune.bn_batches=2",
+                                      f"finetune.bn_recalibrate={str(recalibrate).lower()}"])
+    assert recovery.norms(session.model)
+    session.model.eval()  # RigL's gradient batch then leaves the statistics alone
+    session.prune(0.5)
+    for m in recovery.norms(session.model):
+        m.running_mean.fill_(5.0)  # stale statistics
+    regrow(session, 0.3)
+    assert session.events[-1]["pruned"] == session.events[-1]["recovered"] > 0
+    after_rigl = bn_statistics(session.model)
+    if recalibrate:
+        assert all(torch.equal(a, b) for a, b in zip(
+            after_rigl, recalibrated_by_hand(session, session.model), strict=True))
+    else:
+        assert all(torch.all(m.running_mean == 5.0) for m in recovery.norms(session.model))
+
+    schedule = Dynamic("dynamic", variant="dns")
+    schedule.forward_masks = attach(session)
+    for m in recovery.norms(session.model):
+        m.running_mean.fill_(5.0)
+    schedule.surgery(session)
+    # the reference: the same network with the masks multiplied into plain weights
+    masked = copy_module(session.model)
+    for name in schedule.forward_masks:
+        layer = masked.get_submodule(name.rpartition(".")[0])
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    if recalibrate:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(
+            bn_statistics(session.model), recalibrated_by_hand(session, masked), strict=True))
+    else:
+        assert all(torch.all(m.running_mean == 5.0) for m in recovery.norms(session.model))

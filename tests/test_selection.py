@@ -10,8 +10,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from prunebench.pruning.masks import prunable_weights
-from prunebench.strategies.base import PruneContext, bottom_k, select_by_amount
+from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
+from prunebench.strategies.selection import bottom_k, select_by_amount
 
 
 def tiny_net(seed: int = 0) -> nn.Module:

@@ -1,17 +1,20 @@
 """Value checks run before any work; each failure names the key and what it allows.
 
 The keys every run has are checked here. A strategy's own keys (a criterion's variant, batches,
-penalty ...) are checked by its constructor with `number` and `choice`, and `check` builds the
-strategy once so those checks also run before any work; nothing here names a criterion.
+penalty ...) are checked by its constructor with `number` and `choice` (config/values.py), and
+`build.check` runs `check` and then builds the strategy once, so those checks also run before
+any work; nothing here names a criterion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench.config.errors import ConfigError
+from prunebench.config.values import choice, number
 from prunebench.results.objective import OBJECTIVES
 from prunebench.strategies import allocation
 from prunebench.strategies.base import GRANULARITIES, SCOPES
@@ -33,29 +36,9 @@ def _choice(cfg, key, choices):
     choice(key, _get(cfg, key), choices)
 
 
-def number(key: str, value, *, low=None, high=None, low_open=False, high_open=False,
-           integer=False, optional=False, allowed="") -> None:
-    """Raise ConfigError naming `key` unless `value` is a number within the limits."""
-    if value is None:
-        if optional:
-            return
-        raise ConfigError(f"{key} is required ({allowed})")
-    kind = int if integer else (int, float)
-    bad_type = isinstance(value, bool) or not isinstance(value, kind)
-    too_low = low is not None and not bad_type and (value <= low if low_open else value < low)
-    too_high = high is not None and not bad_type and (value >= high if high_open else value > high)
-    if bad_type or too_low or too_high:
-        raise ConfigError(f"{key}={value} is invalid: allowed {allowed}")
-
-
-def choice(key: str, value, choices) -> None:
-    """Raise ConfigError naming `key` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value} is invalid: allowed {', '.join(map(str, choices))}")
-
-
-def check(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first bad value."""
+def check(cfg: DictConfig, sets_own_sparsity: Callable[[], bool]) -> None:
+    """Raise ConfigError on the first bad value. `sets_own_sparsity()` says whether the
+    strategy may leave amount and threshold both unset (asked only when they are)."""
     _number(cfg, "seed", integer=True, allowed="an integer")
     _choice(cfg, "resume", ("auto", True, False))
     _number(cfg, "train.epochs", low=0, integer=True, allowed="an integer >= 0")
@@ -95,7 +78,7 @@ def check(cfg: DictConfig) -> None:
     if prefix is not None and not _get(cfg, "dense.checkpoint"):
         raise ConfigError(f"dense.checkpoint_prefix={prefix} has no checkpoint to choose in: "
                           f"set dense.checkpoint=PATH too")
-    check_strategy(cfg)
+    check_strategy(cfg, sets_own_sparsity)
 
 
 def check_pattern_amount(pattern: tuple[int, int], amount: float) -> None:
@@ -125,15 +108,13 @@ def check_allocation_target(name: str | None, amount, pattern) -> None:
                           f"the layers: set strategy.amount (a threshold is not divided)")
 
 
-def check_strategy(cfg: DictConfig) -> None:
-    from prunebench import build  # build imports this module
-
+def check_strategy(cfg: DictConfig, sets_own_sparsity: Callable[[], bool]) -> None:
     amount, threshold = _get(cfg, "strategy.amount"), _get(cfg, "strategy.threshold")
     if amount is not None and threshold is not None:
         raise ConfigError("strategy.amount and strategy.threshold are both set: set one "
                           "(e.g. strategy.threshold=null)")
     # a criterion that sets its own sparsity (a penalty's optimum) may leave both unset
-    if amount is None and threshold is None and not build.strategy_class(cfg).sets_own_sparsity:
+    if amount is None and threshold is None and not sets_own_sparsity():
         raise ConfigError("strategy.amount or strategy.threshold must be set")
     _number(cfg, "strategy.amount", low=0, high=1, high_open=True, optional=True,
             allowed="a fraction 0 <= amount < 1")
@@ -151,4 +132,3 @@ def check_strategy(cfg: DictConfig) -> None:
     if pattern is not None and amount is not None:
         check_pattern_amount(pattern, amount)
     check_allocation_target(_get(cfg, "strategy.allocation"), amount, pattern)
-    build.strategy(cfg)  # the strategy's constructor checks its own keys

@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prunebench.config.errors import ConfigError
 
@@ -204,14 +204,6 @@ def check_device(name) -> None:
         raise ConfigError(f"device={name} is not available on this machine "
                           f"(device=auto picks what there is)")
 
-
-def check_sizes(key: str, sizes, *, allowed: str = "integers >= 1", empty: bool = False) -> None:
-    """For models: a size or list of sizes that must be integers >= 1 (`empty`: [] is fine)."""
-    values = list(sizes) if isinstance(sizes, (list, tuple, ListConfig)) else [sizes]
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-    if bad or (not values and not empty):
-        shown = list(values) if isinstance(sizes, (list, tuple, ListConfig)) else sizes
-        raise ConfigError(f"{key}={shown} is invalid: allowed {allowed}")
 
 
 def replace_default_model(cfg: DictConfig, overrides: list[str]) -> None:

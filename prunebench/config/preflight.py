@@ -21,6 +21,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from prunebench.config import inputs, messages
+from prunebench.config.errors import ConfigError
+from prunebench.ranks import env_rank
+from prunebench.runstate import folder
+
 # a run writes a few checkpoints; less free space than this means the disk is (nearly) full
 MIN_FREE_BYTES = 64 * 2**20
 
@@ -46,8 +51,8 @@ def check(config: DictConfig, output_key: str) -> None:
     folders = [Path(str(OmegaConf.select(config, output_key)))]
     if OmegaConf.select(config, "cache.enabled", default=False):
         folders.append(Path(str(config.cache.dir)))
-    for folder in folders:
-        message = problem(folder)
+    for path in folders:
+        message = problem(path)
         if message:
             sys.exit(f"prunebench: error: {message}")
 
@@ -91,15 +96,13 @@ def without_hydra(config: DictConfig) -> DictConfig:
 
 
 def check_values(config: DictConfig, config_name: str | None) -> None:
-    from prunebench.config import inputs
-
     inputs.check(without_hydra(config),
                  list(OmegaConf.select(config, "hydra.overrides.task", default=[])),
                  recomposer(config_name), OmegaConf.select(config, "hydra.runtime.choices"))
-    from prunebench.config import checks  # imports torch (through the strategies)
+    from prunebench import build  # imports torch
     from prunebench.results import export
 
-    checks.check(config)
+    build.check(config)
     export.check(config)  # export.hf's combinations: refused before Hydra writes the folder
 
 
@@ -108,8 +111,6 @@ def check_sweep_values(config: DictConfig) -> None:
     will: a value of the wrong type stops the sweep here, before any job runs."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from prunebench.config import inputs
 
     if not GlobalHydra.instance().is_initialized():
         return
@@ -144,8 +145,6 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None,
                      **kwargs: Any) -> None:
-        from prunebench.config.errors import ConfigError
-
         try:
             check_values(config, config_name)
         except ConfigError as err:
@@ -156,10 +155,6 @@ class Preflight(Callback):
     def claim(self, config: DictConfig, key: str, owner: bool = True) -> None:
         """Lock the run folder, refuse it if it holds another config's run (`owner`; a sweep's
         job leaves that to the runner, so it becomes the job's error)."""
-        from prunebench.config.errors import ConfigError
-        from prunebench.ranks import env_rank
-        from prunebench.runstate import folder
-
         if env_rank() != 0:  # rank 0 holds the folder for a run of several ranks
             return
         run_dir = Path(str(OmegaConf.select(config, key)))
@@ -185,8 +180,6 @@ class Preflight(Callback):
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from prunebench.config import messages
-        from prunebench.config.errors import ConfigError
 
         try:
             check_sweep_values(config)
@@ -198,8 +191,6 @@ class Preflight(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.types import RunMode
-
-        from prunebench.runstate import folder
 
         if config.hydra.mode == RunMode.MULTIRUN:  # a single run locked its folder already
             self.claim(config, "hydra.runtime.output_dir", owner=False)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunebench.config.checks import ConfigError, number
+from prunebench.config.errors import ConfigError
+from prunebench.config.values import number
 from prunebench.data import mapped
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import mapped, validate
 from prunebench.data.augment import crop_flip
 from prunebench.data.batches import Dataset, Split, carve_validation

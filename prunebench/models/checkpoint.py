@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")

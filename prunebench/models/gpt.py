@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 
 class SelfAttention(nn.Module):

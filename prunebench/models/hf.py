@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.models.hub import offline_unless_reachable
 
 log = logging.getLogger(__name__)

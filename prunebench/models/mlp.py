@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from prunebench.config.inputs import check_sizes
+from prunebench.config.values import check_sizes
 
 
 class MLP(nn.Sequential):

@@ -20,7 +20,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
 
 log = logging.getLogger(__name__)

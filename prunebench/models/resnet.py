@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunebench.config.checks import ConfigError
-from prunebench.config.inputs import check_sizes
+from prunebench.config.errors import ConfigError
+from prunebench.config.values import check_sizes
 
 
 class BasicBlock(nn.Module):

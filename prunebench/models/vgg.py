@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 
 LAYOUTS = {  # output channels, "M" = 2x2 max-pool
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench import build
 from prunebench.data import Dataset
+from prunebench.pruning import recovery
 from prunebench.pruning.session import Session
 from prunebench.training.loop import headline
 
@@ -108,8 +109,6 @@ def train_twin(kind: str, cfg: DictConfig, data: Dataset, run: Session, state: d
                out_dir: Path) -> dict:
     """Load `state`, hold `masks`, train `epochs` at lr * lr_scale, record pruned and final
     (with the run's fine-tuning loss: distillation too, when the run distills)."""
-    from prunebench.pruning import recovery
-
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(data.train.y.device)
     model.load_state_dict(state)

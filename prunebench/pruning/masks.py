@@ -161,6 +161,12 @@ class Masks:
         return {n: m.bool() for n, m in (self.masks | self.coupled).items()}
 
 
+def mask_sparsity(masks: dict[str, Tensor]) -> float:
+    """The fraction of zeros over `masks` (what is pruned, whatever the weights hold)."""
+    total = sum(m.numel() for m in masks.values())
+    return 1.0 - sum(int(m.count_nonzero()) for m in masks.values()) / total
+
+
 def sparsity_report(model: nn.Module, exclude: Iterable[str] = ()) -> dict:
     """Counts read off the weights themselves (not the masks), so they are the truth. Each
     tensor is counted once, however many layers share it.

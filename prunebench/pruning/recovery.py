@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from prunebench.data import batches
 from prunebench.pruning.masks import sparsity_report
 from prunebench.training import parallel
+from prunebench.training.loop import cross_entropy, evaluate
 
 BEFORE = "pruned_before_bn_recalibration"
 
@@ -84,8 +85,6 @@ def after_mask_change(session) -> None:
 def record_before(session) -> None:
     """phases[BEFORE]: the test metrics with the statistics from before the last
     recalibration (then the recalibrated ones are put back)."""
-    from prunebench.training.loop import evaluate
-
     stale, session.stale_bn = session.stale_bn, None
     if not stale:
         return
@@ -113,8 +112,6 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float
         p.requires_grad_(False)
 
     def loss(logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        from prunebench.training.loop import cross_entropy
-
         with torch.no_grad():  # classes (or a language model's vocabulary) in the last dim
             target = F.log_softmax(teacher(x).float().flatten(0, -2) / temperature, dim=-1)
         student = F.log_softmax(logits.float().flatten(0, -2) / temperature, dim=-1)

@@ -1,7 +1,9 @@
 """The Session a schedule drives: prune to a target, fine-tune with masks held, record.
 
-A schedule decides *when* masks change and calls `session.prune(amount)` and
-`session.finetune(epochs, on_step=...)`; the strategy decides *which* weights.
+A schedule decides *when* masks change and calls `session.prune(amount)` (or, to choose the
+masks itself, `session.change_masks(choose)`: DNS and RigL) and
+`session.finetune(epochs, on_step=...)`; the strategy decides *which* weights. Every mask
+change takes the one path of `change_masks`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from prunebench import build, distributed
 from prunebench.data import Dataset, batches
 from prunebench.pruning import macs, memory, recovery
-from prunebench.pruning.masks import Masks, sparsity_report
+from prunebench.pruning.masks import Masks, mask_sparsity, sparsity_report
 from prunebench.runstate import files
 from prunebench.runstate.resume import Replay
 from prunebench.strategies.base import PruneContext, Strategy
@@ -83,12 +85,14 @@ class Session:
                 "history": self.history, "phases": self.phases, "timing": self.timing,
                 "gradients": {p: g.state_dict() for p, g in self.gradients.items()}}
 
-    def restore(self, saved: dict) -> None:
+    def restore(self, saved: dict, hold_masks: bool = True) -> None:
         """Continue from `saved` (a state_dict): masks, records and gradient telemetry. The
-        replay has brought the step and events to the saved point already."""
+        replay has brought the step and events to the saved point already. `hold_masks`
+        as in `finetune`: False keeps the dense weights that masks in the forward pass hide."""
         self.masks.update({n: m.to(self.masks.masks[n].device)
                            for n, m in saved["masks"].items()})
-        self.masks.apply()
+        if hold_masks:
+            self.masks.apply()
         self.history, self.phases, self.timing = saved["history"], saved["phases"], saved["timing"]
         self.gradients = {}
         for phase, stats in saved["gradients"].items():  # telemetry of the steps so far
@@ -115,12 +119,28 @@ class Session:
 
     def prune(self, amount: float | None) -> None:
         """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
+        self.change_masks(lambda: self.strategy.prune(self.model, self.masks.weights,
+                                                      self.masks.masks, self.context(), amount),
+                          amount=amount)
+
+    def change_masks(self, choose: Callable[[], dict[str, torch.Tensor]],
+                     amount: float | None = None, *, zero_pruned: bool = True,
+                     count_masks: bool = False) -> None:
+        """The one path of every mask change: `choose()` returns the new masks.
+
+        Replayed (a resumed run before its saved point), the recorded event is taken instead.
+        Otherwise: the peak memory of choosing, the masks installed, BatchNorm statistics
+        recalibrated (finetune.bn_recalibrate), the optimizer state of pruned weights cleared,
+        the time and the event kept. `zero_pruned=False` leaves the weights dense and their
+        optimizer state alone, for masks held in the forward pass (DNS); `count_masks` reads
+        the event's sparsity off the masks rather than the weights (a regrown weight is
+        active although still zero).
+        """
         if self.replay.active:
             return self.replay.event(self)
         start = time.perf_counter()
         with memory.peak(self.data.train.y.device) as used:
-            new = self.strategy.prune(self.model, self.masks.weights, self.masks.masks,
-                                      self.context(), amount)
+            new = choose()
         self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
                      "memory_method": used["method"]}
         # every rank scored alike; rank 0's masks and weights (OBS, SparseGPT and L0 change
@@ -128,12 +148,14 @@ class Session:
         distributed.broadcast_tensors(list(new.values()))
         distributed.agree_on_model(self.model)
         pruned, recovered = self.masks.update(new)
-        self.masks.apply()
+        if zero_pruned:
+            self.masks.apply()
         recovery.after_mask_change(self)
-        if self.optimizer is not None:
+        if zero_pruned and self.optimizer is not None:
             self.masks.clear_optimizer_state(self.optimizer)
         self.timing["prune_s"] += time.perf_counter() - start
-        self.log_event(pruned, recovered, amount=amount)
+        sparsity = mask_sparsity(self.masks.masks) if count_masks else None
+        self.log_event(pruned, recovered, sparsity, amount)
 
     def log_event(self, pruned: int, recovered: int, sparsity: float | None = None,
                   amount: float | None = None) -> None:
@@ -166,7 +188,8 @@ class Session:
 
         self.budget["finetune_epochs"] += epochs
         self.budget["finetune_steps"] += epochs * self.steps_per_epoch()
-        start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler)
+        start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler,
+                                         hold_masks)
         if start_at is None:  # finished before an interruption
             return
         start_epoch, prefix = start_at

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from prunebench.pruning.masks import PRUNABLE, prunable_weights
+from prunebench.runstate import files
 
 KERNELS = ("auto", "dense", "csr")
 MAX_DENSITY = 0.5      # denser layers keep the dense kernel without being timed
@@ -307,8 +308,6 @@ def export(model: nn.Module, cfg, out_dir) -> dict:
     Returns results.json's exports.sparse: file, sizes against final.pt, and the largest
     difference of the weights read back (0 when the round trip is exact).
     """
-    from prunebench.runstate import files
-
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     exclude = OmegaConf.select(cfg, "strategy.exclude", default=()) or ()
     # CSR stores 8 bytes per nonzero (value, int32 column): smaller only below half density

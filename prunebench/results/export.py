@@ -29,8 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError
-from prunebench.config.errors import one_line
+from prunebench.config.errors import ConfigError, one_line
 from prunebench.data import Dataset, batches
 from prunebench.runstate import files
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from io import BytesIO
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunebench import distributed
 from prunebench.runstate import files
+from prunebench.schedules.iterative import rewind_epoch
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: fused optimizer kernels by default (same update, other rounding)
@@ -47,13 +47,6 @@ def key(cfg: DictConfig, device: torch.device) -> str:
         identity["rewind_epoch"] = rewind_epoch(cfg)
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def rewind_epoch(cfg: DictConfig) -> int:
-    """k of `schedule.rewind=epoch_<k>` (lottery-ticket rewinding to epoch k), else 0."""
-    match = re.fullmatch(r"epoch_(\d+)", str(OmegaConf.select(cfg, "schedule.rewind",
-                                                                default=None)))
-    return int(match.group(1)) if match else 0
 
 
 def load_or_train(directory: str | Path, entry_key: str,

@@ -29,7 +29,7 @@ from prunebench.runstate.files import TMP_PREFIX, is_temporary
 log = logging.getLogger(__name__)
 LOCK_NAME = ".prunebench.lock"
 HOLDER_NAME = ".prunebench.holder"
-FINISHED = ("ok", "diverged")  # as runstate.resume.FINISHED (not imported: no torch here)
+FINISHED = ("ok", "diverged")  # the statuses of a run that needs no resuming
 START_OVER = "resume=false runs this command there anyway, or pick a new hydra.run.dir"
 # keys of the steps after training (exports, latency, trackers, a sweeper's objective): a
 # command that changes only these continues a folder's run from its checkpoints

@@ -3,10 +3,10 @@
 Every training phase saves its full state to `checkpoints/state.pt` (atomically) at the start
 of each epoch: model, masks, optimizer and lr scheduler, the shuffling generator and torch's
 global RNG, the step, and what the run has recorded so far. SIGTERM, SIGINT and SIGUSR1 only
-set a flag; training stops at the end of the current step and the run exits with 128+signum
-(SIGINT: KeyboardInterrupt). Re-running the same command in the same run folder resumes from
-the last epoch start and replays the interrupted epoch, so the results equal those of an
-uninterrupted run bit for bit on CPU.
+set a flag (runstate/signals.py); training stops at the end of the current step and the run
+exits with 128+signum (SIGINT: KeyboardInterrupt). Re-running the same command in the same
+run folder resumes from the last epoch start and replays the interrupted epoch, so the results
+equal those of an uninterrupted run bit for bit on CPU.
 
 A schedule is Python code, so its progress is restored by replaying it: the schedule runs from
 the top, and until the session reaches the saved fine-tuning call and epoch, `prune` only
@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,66 +29,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prunebench import distributed
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.runstate import files
-from prunebench.runstate.folder import AFTER_TRAINING, first_difference, training_config
+from prunebench.runstate.folder import AFTER_TRAINING, FINISHED, first_difference, training_config
+from prunebench.runstate.signals import stop_if_requested
 from prunebench.training import optimizers
 
 if TYPE_CHECKING:
     from prunebench.runstate.progress import Progress
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-FINISHED = ("ok", "diverged")
-_requested: int | None = None  # the signal of a pending stop request
-
-
-class Interrupted(BaseException):
-    """A stop request reached a safe point. A BaseException, like KeyboardInterrupt, so that
-    no `except Exception` on the way records it as a failure."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-def _request_stop(signum: int, frame) -> None:
-    global _requested
-    if _requested is not None:  # asked twice: stop now (the last epoch-start state is kept)
-        raise Interrupted(signum)
-    _requested = signum
-    log.warning("%s: stopping after the current step (send it again to stop at once)",
-                signal.Signals(signum).name)
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn stop signals into a flag for the duration; signals something else already
-    handles (submitit's SIGUSR1 requeue on Slurm) are left to it."""
-    global _requested
-    installed = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
-                installed[sig] = signal.signal(sig, _request_stop)
-    try:
-        yield
-    finally:
-        for sig, previous in installed.items():
-            signal.signal(sig, previous)
-        _requested = None
-
-
-def stop_if_requested(every_rank: bool = False) -> None:
-    """A safe point: raise Interrupted if a stop signal arrived.
-
-    `every_rank`: a point every rank of a distributed run passes in step (a training step);
-    they agree there, so that all stop at the same step even if the signal reached them
-    between two steps.
-    """
-    requested = distributed.max_int(_requested or 0) if every_rank else _requested
-    if requested:
-        raise Interrupted(requested)
 
 
 def comparable(cfg: DictConfig) -> dict:
@@ -214,7 +161,7 @@ def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix:
         state.save_training({"phase": "train", "epoch": epoch, "history": prefix + history,
                              "gradients": gradients.state_dict(), "snapshots": snapshots,
                              **training_state(model, optimizer, scheduler, generator)})
-        stop_if_requested(every_rank=True)
+        stop_if_requested(agree=distributed.max_int)
 
     return save
 
@@ -244,7 +191,7 @@ class Replay:
         return session.phases[phase]
 
     def fit_start(self, session, epochs: int, step_hook: Callable[[int], None], optimizer,
-                  scheduler) -> tuple[int, list] | None:
+                  scheduler, hold_masks: bool = True) -> tuple[int, list] | None:
         """Where a fine-tuning call starts: (epoch, history of the epochs before it), or None
         when the whole call finished before the interruption."""
         index, self.fits = self.fits, self.fits + 1
@@ -260,7 +207,7 @@ class Replay:
             raise RuntimeError("cannot resume: the schedule did not replay to the saved point "
                                "(resume=false starts over)")
         restore_training(saved, session.model, optimizer, scheduler, session.generator)
-        session.restore(saved)
+        session.restore(saved, hold_masks)
         self.saved = None
         return saved["epoch"], saved["fit_history"]
 
@@ -281,7 +228,7 @@ class Replay:
                 "phase": phase, "fit_index": index, "epoch": epoch,
                 "fit_history": prefix + history, **session.state_dict(),
                 **training_state(session.model, optimizer, scheduler, session.generator)})
-            stop_if_requested(every_rank=True)
+            stop_if_requested(agree=distributed.max_int)
 
         return save
 

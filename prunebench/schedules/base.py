@@ -7,7 +7,7 @@ import math
 
 from omegaconf import DictConfig
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
 from prunebench.pruning.session import Session
 

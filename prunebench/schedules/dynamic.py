@@ -14,13 +14,15 @@ lowest (magnitude with strategy=l1) and grows as many of its pruned weights with
 gradient magnitude (one batch), starting at zero. Sparsity stays constant; the fraction
 decays as alpha/2 * (1 + cos(pi t / T_end)).
 
-Mask updates stop at epoch `end` of fine-tuning; the rest of it trains the final mask.
+Mask updates stop at epoch `end` of fine-tuning; the rest of it trains the final mask. Every
+update takes the Session's one mask-change path (`session.change_masks`): BatchNorm statistics
+are recalibrated after it (finetune.bn_recalibrate), and a resumed run replays the recorded
+updates like any other schedule's.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 
 import torch
@@ -28,10 +30,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
+from prunebench.pruning.masks import Masks
 from prunebench.schedules.base import Schedule, Session, require_amount
-from prunebench.strategies.base import select_by_amount
+from prunebench.strategies.selection import select_by_amount
 
 VARIANTS = ("dns", "rigl")
 
@@ -51,7 +54,6 @@ class Dynamic(Schedule):
             t = step - first
             if (t % self.frequency and t != last) or t > last:
                 return
-            start = time.perf_counter()
             if self.variant == "rigl" and t < last:
                 regrow(session, self.alpha / 2 * (1 + math.cos(math.pi * t / last)))
             elif self.variant == "dns" and t < last:
@@ -59,7 +61,6 @@ class Dynamic(Schedule):
             elif self.variant == "dns":
                 self.settle(session)
             session.model.train()
-            session.timing["prune_s"] += time.perf_counter() - start
 
         if self.variant == "dns":
             self.run_surgery(session, on_step)
@@ -94,11 +95,11 @@ class Dynamic(Schedule):
     # --- dynamic network surgery -------------------------------------------------------
     def run_surgery(self, session: Session, on_step) -> None:
         masks = session.masks
-        self.surgery(session)
         # 'pruned': the first surgery on the dense model, before any training; the record
-        # holds exact zeros, then the dense values come back for training
+        # holds exact zeros (and statistics recalibrated for them), then the dense values
+        # come back for training
         dense = [w.detach().clone() for w in masks.weights.values()]
-        masks.apply()
+        self.surgery(session, zero_pruned=True)
         session.record("pruned")
         with torch.no_grad():
             torch._foreach_copy_(list(masks.weights.values()), dense)
@@ -120,46 +121,47 @@ class Dynamic(Schedule):
         self.settled = True
         if session.strategy.amount is None:
             return
-        keep = select_by_amount(scores(session), session.strategy.amount, session.strategy.scope)
-        dtype = next(iter(session.masks.masks.values())).dtype
-        install(session, {n: k.to(dtype) for n, k in keep.items()}, self.forward_masks)
 
-    def surgery(self, session: Session) -> None:
+        def final_masks() -> dict[str, Tensor]:
+            keep = select_by_amount(scores(session), session.strategy.amount,
+                                    session.strategy.scope)
+            dtype = next(iter(session.masks.masks.values())).dtype
+            return {n: k.to(dtype) for n, k in keep.items()}
+
+        session.change_masks(final_masks, zero_pruned=False, count_masks=True)
+
+    def surgery(self, session: Session, zero_pruned: bool = False) -> None:
+        """Cut and splice by the scores of the dense weights; the weights stay dense unless
+        `zero_pruned` (the first surgery, recorded as 'pruned')."""
         strategy = session.strategy
-        new = surgery_masks(scores(session), session.masks.masks, strategy.amount,
-                            strategy.threshold, strategy.scope, self.hysteresis)
-        install(session, new, self.forward_masks)
+        session.change_masks(
+            lambda: surgery_masks(scores(session), session.masks.masks, strategy.amount,
+                                  strategy.threshold, strategy.scope, self.hysteresis),
+            zero_pruned=zero_pruned, count_masks=True)
 
 
 class ForwardMask(nn.Module):
-    """Straight-through mask: the forward pass sees w * mask, the gradient reaches all of w."""
+    """Straight-through mask: the forward pass sees w * mask, the gradient reaches all of w.
+    The mask is read from the session's Masks at each forward, so it is always the current
+    one (BatchNorm recalibration right after a change sees it too)."""
 
-    def __init__(self, mask: Tensor):
+    def __init__(self, masks: Masks, name: str):
         super().__init__()
-        self.mask = mask
+        self.masks, self.name = masks, name
 
     def forward(self, weight: Tensor) -> Tensor:
         # w + (w*m - w) is exactly w*m (0 where m == 0); only the first w carries gradient
-        return weight + (weight * self.mask - weight).detach()
+        return weight + (weight * self.masks.masks[self.name] - weight).detach()
 
 
 def attach(session: Session) -> dict[str, ForwardMask]:
     """Mask every prunable weight in the forward pass; the Parameter stays the dense one."""
     forward_masks = {}
-    for name, mask in session.masks.masks.items():
+    for name in session.masks.masks:
         module = session.model.get_submodule(name.rpartition(".")[0])
-        forward_masks[name] = ForwardMask(mask)
+        forward_masks[name] = ForwardMask(session.masks, name)
         parametrize.register_parametrization(module, "weight", forward_masks[name])
     return forward_masks
-
-
-def install(session: Session, new: dict[str, Tensor],
-            forward_masks: dict[str, ForwardMask] | None = None) -> None:
-    """Make `new` the masks (and the forward masks, if attached); record the event."""
-    pruned, recovered = session.masks.update(new)
-    for name, forward_mask in (forward_masks or {}).items():
-        forward_mask.mask = session.masks.masks[name]
-    session.log_event(pruned, recovered, sparsity=mask_sparsity(session.masks.masks))
 
 
 def scores(session: Session) -> dict[str, Tensor]:
@@ -198,14 +200,14 @@ def surgery_masks(scores: dict[str, Tensor], masks: dict[str, Tensor], amount: f
     return new
 
 
-def mask_sparsity(masks: dict[str, Tensor]) -> float:
-    total = sum(m.numel() for m in masks.values())
-    return 1.0 - sum(int(m.count_nonzero()) for m in masks.values()) / total
-
-
 # --- RigL ------------------------------------------------------------------------------
 def regrow(session: Session, fraction: float) -> None:
-    """Per layer: drop `fraction` of the active weights by score, grow as many by |grad|."""
+    """Per layer: drop `fraction` of the active weights by score, grow as many by |grad|;
+    dropped weights become zeros, grown ones are zeros already."""
+    session.change_masks(lambda: regrown_masks(session, fraction), count_masks=True)
+
+
+def regrown_masks(session: Session, fraction: float) -> dict[str, Tensor]:
     masks = session.masks
     score = scores(session)
     grads = dense_gradient(session)
@@ -221,10 +223,7 @@ def regrow(session: Session, fraction: float) -> None:
                                  descending=True, stable=True)[:k]
             flat[drop], flat[grow] = 0, 1
         new[name] = flat.view_as(mask)
-    install(session, new)
-    masks.apply()  # dropped weights become zeros; grown ones are zeros already
-    if session.optimizer is not None:
-        masks.clear_optimizer_state(session.optimizer)
+    return new
 
 
 def dense_gradient(session: Session) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
 from prunebench.schedules.base import Schedule, Session, require_amount, steps_per_epoch
 

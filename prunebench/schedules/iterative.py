@@ -9,11 +9,12 @@ al. 2020) after every pruning step, and the fine-tuning that follows retrains th
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import re
 
-from prunebench.config.checks import ConfigError
+from omegaconf import DictConfig, OmegaConf
+
+from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
-from prunebench.runstate.cache import rewind_epoch
 from prunebench.schedules.base import Schedule, Session, require_amount
 
 
@@ -21,6 +22,13 @@ def geometric_path(target: float, rounds: int) -> list[float]:
     """Sparsity after each round; the last is the target exactly."""
     keep = 1.0 - target
     return [1.0 - keep ** (r / rounds) for r in range(1, rounds)] + [target]
+
+
+def rewind_epoch(cfg: DictConfig) -> int:
+    """k of `schedule.rewind=epoch_<k>` (lottery-ticket rewinding to epoch k), else 0."""
+    match = re.fullmatch(r"epoch_(\d+)", str(OmegaConf.select(cfg, "schedule.rewind",
+                                                                default=None)))
+    return int(match.group(1)) if match else 0
 
 
 class Iterative(Schedule):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.strategies.base import PruneContext, Strategy, expand_units
 
 VARIANTS = ("mean", "apoz", "entropy")

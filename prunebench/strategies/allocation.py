@@ -28,6 +28,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from prunebench.config.errors import ConfigError
+from prunebench.strategies.autodiff import eval_mode, forward_hooks, take_batches
+from prunebench.strategies.selection import bottom_k, select_by_amount
+
 log = logging.getLogger(__name__)
 ALLOCATIONS = ("global", "uniform", "row", "erk", "lamp", "owl")
 SCOPE_ALIAS = {"global": "global", "layer": "uniform", "row": "row"}
@@ -121,8 +125,6 @@ def keep_counts(densities: dict[str, float], sizes: dict[str, int],
 
 def owl_ratios(strategy, model: nn.Module, weights: dict[str, Tensor], ctx) -> dict[str, float]:
     """Outlier ratios of the model's layers on the first OWL_BATCHES training batches."""
-    from prunebench.strategies.autodiff import eval_mode, take_batches
-
     with eval_mode(model):
         ratios = outlier_ratios(model, weights, take_batches(ctx, OWL_BATCHES), strategy.owl_m)
     log.info("owl outlier ratios: %s", ", ".join(f"{n} {r:.4f}" for n, r in ratios.items()))
@@ -133,8 +135,6 @@ def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: flo
                    ) -> dict[str, float]:
     """Per layer: fraction of |W_ij| * ||X_j|| above m x its mean (X_j: input feature j of
     the layer over every sample and position of `batches`)."""
-    from prunebench.strategies.autodiff import forward_hooks
-
     modules = {n: model.get_submodule(n.rpartition(".")[0]) for n in weights}
     squares: dict[str, Tensor] = {}
 
@@ -165,8 +165,6 @@ def lamp_scores(scores: dict[str, Tensor]) -> dict[str, Tensor]:
 
     Tied scores all count in each other's denominator.
     """
-    from prunebench.config.checks import ConfigError
-
     out = {}
     for name, s in scores.items():
         flat = s.detach().double().flatten()
@@ -205,8 +203,6 @@ def layer_amounts(allocation: str, scores: dict[str, Tensor], amount: float,
 def select(scores: dict[str, Tensor], amount: float, allocation: str,
            ratios: dict[str, float] | None = None, lam: float = 0.08) -> dict[str, Tensor]:
     """Keep-masks removing round(amount * n) weights in all, spread as `allocation` says."""
-    from prunebench.strategies.base import bottom_k, select_by_amount
-
     if allocation in ("global", "uniform", "row"):
         scope = {"global": "global", "uniform": "layer", "row": "row"}[allocation]
         return select_by_amount(scores, amount, scope)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from prunebench.strategies.base import PruneContext
+from prunebench.strategies.context import PruneContext
 
 Batch = tuple[Tensor, Tensor]
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from prunebench.config.errors import ConfigError
 from prunebench.strategies import allocation as allocations
-from prunebench.strategies.patterns import parse_pattern, pattern_keep, row_keep
+from prunebench.strategies.context import PruneContext
+from prunebench.strategies.patterns import parse_pattern, pattern_keep
+from prunebench.strategies.selection import bottom_k, select_by_amount
 
 if TYPE_CHECKING:
     from prunebench.pruning.units import Units
@@ -27,26 +30,6 @@ GRANULARITIES = ("weight", "neuron")
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PruneContext:
-    """What a criterion may use besides the weights: training batches and the loss.
-
-    Data-driven criteria also need the model (its forward), the current masks (what is pruned
-    already) and the target of this pruning call (iterative criteria prune in rounds). `units`
-    are the model's removable units (pruning.units.Units): `Strategy.prune` traces them for
-    granularity=neuron; a criterion that needs them otherwise calls `Strategy.traced_units`.
-    """
-
-    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # fresh pass over training data
-    loss: Callable[[Tensor, Tensor], Tensor]
-    device: torch.device
-    generator: torch.Generator
-    model: nn.Module | None = None
-    masks: dict[str, Tensor] | None = None
-    amount: float | None = None
-    units: Units | None = None
-
-
 class Strategy:
     """Base class: subclasses override `score` (higher score = more important).
 
@@ -54,8 +37,8 @@ class Strategy:
     `score_units` instead or as well; otherwise, with granularity=neuron, a unit's score is
     the sum of its weights' scores.
 
-    A criterion checks its own keys in its constructor (config.checks.number / choice, raising
-    ConfigError naming `strategy.KEY`); config.checks builds the strategy once before any work,
+    A criterion checks its own keys in its constructor (config.values.number / choice, raising
+    ConfigError naming `strategy.KEY`); build.check builds the strategy once before any work,
     so a bad value stops the run there with one line.
     """
 
@@ -75,7 +58,6 @@ class Strategy:
                              f"strategy.amount, not a threshold")
         self.exclude = tuple(exclude)  # name patterns of layers left dense
         for pattern in self.exclude:
-            from prunebench.config.checks import ConfigError  # checks imports this module
 
             try:
                 re.compile(pattern)
@@ -241,31 +223,3 @@ def expand_units(units: dict[str, Tensor], weights: dict[str, Tensor]) -> dict[s
     """Unit scores as per-weight scores: each weight gets its unit's score."""
     return {n: units[n].view((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone()
             for n, w in weights.items()}
-
-
-def bottom_k(scores: Tensor, k: int) -> Tensor:
-    """Boolean keep-mask of a flat tensor with its k lowest scores removed.
-
-    A stable sort breaks ties by position, so the same scores always give the same mask.
-    """
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if k > 0:
-        keep[torch.argsort(scores, stable=True)[:k]] = False
-    return keep
-
-
-def select_by_amount(scores: dict[str, Tensor], amount: float, scope: str) -> dict[str, Tensor]:
-    """Keep-masks removing round(amount * n) of the lowest scores, globally, per tensor or per
-    output row."""
-    if scope == "row":
-        return {n: row_keep(s, amount) for n, s in scores.items()}
-    if scope == "layer":
-        return {n: bottom_k(s.flatten(), round(amount * s.numel())).view_as(s)
-                for n, s in scores.items()}
-    flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = bottom_k(flat, round(amount * flat.numel()))
-    out, start = {}, 0
-    for n, s in scores.items():
-        out[n] = keep[start:start + s.numel()].view_as(s)
-        start += s.numel()
-    return out

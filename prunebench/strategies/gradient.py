@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from prunebench.config.checks import choice, number
+from prunebench.config.values import choice, number
 from prunebench.console import steps
 from prunebench.strategies.autodiff import batch_gradients, eval_mode, mean_gradient, take_batches
 from prunebench.strategies.base import PruneContext, Strategy

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, vmap
 
-from prunebench.config.checks import choice, number
+from prunebench.config.values import choice, number
 from prunebench.console import steps
 from prunebench.strategies import obs
 from prunebench.strategies.autodiff import (

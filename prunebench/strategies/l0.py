@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from prunebench.config.checks import number
+from prunebench.config.values import number
 from prunebench.strategies.base import PruneContext, Strategy
 
 log = logging.getLogger(__name__)

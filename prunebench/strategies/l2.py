@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from prunebench.config.checks import ConfigError
+from prunebench.config.errors import ConfigError
 from prunebench.strategies.base import PruneContext, Strategy
 
 

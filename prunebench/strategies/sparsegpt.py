@@ -25,7 +25,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from prunebench.config.checks import ConfigError, number
+from prunebench.config.errors import ConfigError
+from prunebench.config.values import number
 from prunebench.strategies import calibration, obs
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy

@@ -20,7 +20,7 @@ from prunebench import distributed
 from prunebench.console import progress
 from prunebench.data import Dataset, Split, batches
 from prunebench.pruning.masks import Masks, prunable_weights
-from prunebench.runstate.resume import stop_if_requested
+from prunebench.runstate.signals import stop_if_requested
 from prunebench.training import parallel, precision
 from prunebench.training.telemetry import GradientStats, clip, grad_norm
 
@@ -120,7 +120,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 step += 1
                 if on_step is not None:
                     on_step(step)
-                stop_if_requested(every_rank=True)
+                stop_if_requested(agree=distributed.max_int)
             parallel.reduce_epoch(loss_sum, correct)
             distributed.check_same(params + (list(masks.masks.values()) if masks else []),
                                    "weights or masks")

@@ -1,0 +1,33 @@
+"""What one pruning call hands a criterion besides the weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from prunebench.pruning.units import Units
+
+
+@dataclass
+class PruneContext:
+    """What a criterion may use besides the weights: training batches and the loss.
+
+    Data-driven criteria also need the model (its forward), the current masks (what is pruned
+    already) and the target of this pruning call (iterative criteria prune in rounds). `units`
+    are the model's removable units (pruning.units.Units): `Strategy.prune` traces them for
+    granularity=neuron; a criterion that needs them otherwise calls `Strategy.traced_units`.
+    """
+
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # fresh pass over training data
+    loss: Callable[[Tensor, Tensor], Tensor]
+    device: torch.device
+    generator: torch.Generator
+    model: nn.Module | None = None
+    masks: dict[str, Tensor] | None = None
+    amount: float | None = None
+    units: Units | None = None
