@@ -21,6 +21,7 @@ from prunebench.data import batches
 from prunebench.models import checkpoint, own
 from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.masks import check_exclude, check_prunable, prunable_weights
+from prunebench.pruning.replay import Replay
 from prunebench.pruning.session import Session
 from prunebench.results import after_training, emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume, signals
@@ -129,7 +130,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
 
     session = Session(cfg, model, data, strategy, out_dir,
                       rewind_states={"init": init_state, **dense["snapshots"]},
-                      replay=resume.Replay(state, progress),
+                      replay=Replay(state, progress),
                       loss_fn=recovery.teacher_loss(cfg, model))  # distillation from dense
     progress.session = session
     session.record("dense")

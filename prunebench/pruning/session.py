@@ -23,8 +23,9 @@ from prunebench import build, distributed
 from prunebench.data import Dataset, batches
 from prunebench.pruning import macs, memory, recovery
 from prunebench.pruning.masks import Masks, mask_sparsity, sparsity_report
+from prunebench.pruning.replay import Replay
 from prunebench.runstate import files
-from prunebench.runstate.resume import Replay
+from prunebench.runstate.resume import restore_training, training_state
 from prunebench.strategies.base import PruneContext, Strategy
 from prunebench.training import zero_shot
 from prunebench.training.loop import cross_entropy, evaluate, fit
@@ -137,7 +138,8 @@ class Session:
         active although still zero).
         """
         if self.replay.active:
-            return self.replay.event(self)
+            self.events.append(self.replay.event(len(self.events)))
+            return
         start = time.perf_counter()
         with memory.peak(self.data.train.y.device) as used:
             new = choose()
@@ -188,20 +190,41 @@ class Session:
 
         self.budget["finetune_epochs"] += epochs
         self.budget["finetune_steps"] += epochs * self.steps_per_epoch()
-        start_at = self.replay.fit_start(self, epochs, step_hook, self.optimizer, scheduler,
-                                         hold_masks)
-        if start_at is None:  # finished before an interruption
+        start_epoch, saved = self.replay.fit_call(epochs)
+        for _ in range(start_epoch * self.steps_per_epoch()):  # replayed: on_step only
+            step_hook(self.step + 1)
+        if start_epoch and saved is None:  # finished before the interruption
             return
-        start_epoch, prefix = start_at
+        prefix = []
+        if saved is not None:  # the interrupted call: continue at its saved epoch
+            self.replay.reached(self.events, self.step)
+            restore_training(saved, self.model, self.optimizer, scheduler, self.generator)
+            self.restore(saved, hold_masks)
+            prefix = saved["fit_history"]
         history = prefix + fit(
             self.model, self.data, self.optimizer, scheduler, settings, self.generator, phase,
             self.masks if hold_masks else None, step_hook, first_step=self.step,
             gradients=self.gradients.setdefault(phase, GradientStats()),
             start_epoch=start_epoch,
-            on_epoch=self.replay.saver(self, phase, self.optimizer, scheduler, prefix),
+            on_epoch=self.saver(phase, self.optimizer, scheduler, prefix),
             loss_fn=self.loss_fn)
         self.history.setdefault(phase, []).extend(history)
         self.timing["finetune_s"] += time.perf_counter() - start
+
+    def saver(self, phase: str, optimizer, scheduler,
+              prefix: list) -> Callable[[int, list], None] | None:
+        """fit's on_epoch: the session and its training state, handed to the replay to save
+        (None when nothing is saved: a twin session)."""
+        if not self.replay.saving:
+            return None
+
+        def save(epoch: int, history: list) -> None:
+            self.replay.save({"phase": phase, "epoch": epoch, "fit_history": prefix + history,
+                              **self.state_dict(),
+                              **training_state(self.model, optimizer, scheduler,
+                                               self.generator)})
+
+        return save
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
@@ -210,7 +233,8 @@ class Session:
         """Evaluate on the test split (and under `validation` on the validation split, what
         searches select on), save checkpoints/<phase>.pt, keep the numbers."""
         if self.replay.active:
-            return self.replay.record(self, phase)
+            self.phases[phase] = self.replay.phase(phase)
+            return self.phases[phase]
         if phase == "pruned":
             recovery.record_before(self)
         metrics = evaluate(self.model, self.data, self.data.test)

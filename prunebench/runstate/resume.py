@@ -8,19 +8,14 @@ exits with 128+signum (SIGINT: KeyboardInterrupt). Re-running the same command i
 run folder resumes from the last epoch start and replays the interrupted epoch, so the results
 equal those of an uninterrupted run bit for bit on CPU.
 
-A schedule is Python code, so its progress is restored by replaying it: the schedule runs from
-the top, and until the session reaches the saved fine-tuning call and epoch, `prune` only
-re-appends the recorded event, `record` returns the recorded numbers and finished fine-tuning
-is skipped, calling `on_step` for each of its steps. A schedule therefore resumes correctly if
-its decisions depend on its config, the step, `session.events` and what `record` returns (not
-on the weights themselves); the replay checks that it reaches the saved point with the same
-events, and refuses to continue otherwise.
+This module is what is saved and where (RunState, the training state of a phase); stop
+requests are runstate/signals.py's, and fast-forwarding a resumed schedule to its saved point
+is pruning/replay.py's, beside the Session it drives.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,75 +159,3 @@ def dense_saver(state: RunState, model, optimizer, scheduler, generator, prefix:
         stop_if_requested(agree=distributed.max_int)
 
     return save
-
-
-class Replay:
-    """A session's progress through its schedule, and the saved point it fast-forwards to."""
-
-    def __init__(self, state: RunState | None = None, progress: Progress | None = None):
-        self.state, self.progress = state, progress
-        self.saved = state.take("session") if state is not None else None
-        self.fits = 0  # fine-tuning calls started
-
-    @property
-    def active(self) -> bool:
-        return self.saved is not None
-
-    def event(self, session) -> None:
-        """Instead of pruning: the event this prune recorded before the interruption."""
-        events = self.saved["events"]
-        if len(session.events) >= len(events):
-            raise RuntimeError("cannot resume: the schedule prunes differently than before "
-                               "the interruption (resume=false starts over)")
-        session.events.append(events[len(session.events)])
-
-    def record(self, session, phase: str) -> dict:
-        session.phases[phase] = self.saved["phases"][phase]
-        return session.phases[phase]
-
-    def fit_start(self, session, epochs: int, step_hook: Callable[[int], None], optimizer,
-                  scheduler, hold_masks: bool = True) -> tuple[int, list] | None:
-        """Where a fine-tuning call starts: (epoch, history of the epochs before it), or None
-        when the whole call finished before the interruption."""
-        index, self.fits = self.fits, self.fits + 1
-        if not self.active or index > self.saved["fit_index"]:
-            return 0, []
-        steps = math.ceil(len(session.data.train) / session.cfg.train.batch_size)
-        if index < self.saved["fit_index"]:
-            self._replay_steps(session, epochs * steps, step_hook)
-            return None
-        saved = self.saved
-        self._replay_steps(session, saved["epoch"] * steps, step_hook)
-        if session.events != saved["events"] or session.step != saved["step"]:
-            raise RuntimeError("cannot resume: the schedule did not replay to the saved point "
-                               "(resume=false starts over)")
-        restore_training(saved, session.model, optimizer, scheduler, session.generator)
-        session.restore(saved, hold_masks)
-        self.saved = None
-        return saved["epoch"], saved["fit_history"]
-
-    @staticmethod
-    def _replay_steps(session, steps: int, step_hook: Callable[[int], None]) -> None:
-        for _ in range(steps):
-            step_hook(session.step + 1)
-
-    def saver(self, session, phase: str, optimizer, scheduler,
-              prefix: list) -> Callable[[int, list], None] | None:
-        """fit's on_epoch for fine-tuning: save the session, then stop here if asked to."""
-        if self.state is None:
-            return None
-        index = self.fits - 1
-
-        def save(epoch: int, history: list) -> None:
-            self.state.save_session(self.progress, {
-                "phase": phase, "fit_index": index, "epoch": epoch,
-                "fit_history": prefix + history, **session.state_dict(),
-                **training_state(session.model, optimizer, scheduler, session.generator)})
-            stop_if_requested(agree=distributed.max_int)
-
-        return save
-
-    def check_done(self) -> None:
-        if self.active:
-            raise RuntimeError("cannot resume: the schedule ended before the saved point "
-                               "(resume=false starts over)")
