@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from contextlib import contextmanager
 
@@ -15,7 +16,9 @@ from prunebench.config import checks
 from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset
 from prunebench.models import own
-from prunebench.training import optimizers
+from prunebench.pruning.recovery import Recalibration
+from prunebench.pruning.session import SessionSettings
+from prunebench.training import optimizers, zero_shot
 from prunebench.training.loop import FitSettings
 
 
@@ -110,3 +113,19 @@ def fit_settings(cfg: DictConfig, epochs: int) -> FitSettings:
                        max_value=cfg.train.grad_clip.max_value,
                        l1=cfg.train.regularization.l1, l2=cfg.train.regularization.l2,
                        amp=cfg.train.amp, compile=cfg.train.compile)
+
+
+def session_settings(cfg: DictConfig, lr_scale: float | None = None) -> SessionSettings:
+    """What a Session reads of the config; `lr_scale` replaces finetune.lr_scale (a control
+    trained from scratch runs at the full learning rate)."""
+    finetune = cfg.finetune
+    return SessionSettings(
+        seed=cfg.seed, batch_size=cfg.train.batch_size, finetune_epochs=finetune.epochs,
+        lr_scale=finetune.lr_scale if lr_scale is None else lr_scale,
+        recalibration=Recalibration(finetune.bn_recalibrate, finetune.bn_batches, cfg.seed + 5),
+        optimizer=functools.partial(optimizer, cfg),
+        lr_scheduler=functools.partial(lr_scheduler, cfg),
+        fit=functools.partial(fit_settings, cfg),
+        zero_shot=functools.partial(zero_shot.run, cfg),
+        dataset_name=cfg.dataset.name, calibration_seed=cfg.calibration.seed,
+        calibration_samples=cfg.calibration.samples)

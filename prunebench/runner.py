@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunebench import build, distributed
 from prunebench.config import inputs
 from prunebench.config.errors import ConfigError
-from prunebench.data import batches
+from prunebench.data import batches, steps_per_epoch
 from prunebench.models import checkpoint, own
 from prunebench.pruning import controls, macs, recovery
 from prunebench.pruning.masks import check_exclude, check_prunable, prunable_weights
@@ -128,10 +127,12 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     model.load_state_dict(dense["state_dict"])
     train_s = time.perf_counter() - train_start
 
-    session = Session(cfg, model, data, strategy, out_dir,
+    session = Session(build.session_settings(cfg), model, data, strategy, out_dir,
                       rewind_states={"init": init_state, **dense["snapshots"]},
                       replay=Replay(state, progress),
-                      loss_fn=recovery.teacher_loss(cfg, model))  # distillation from dense
+                      loss_fn=recovery.teacher_loss(cfg.finetune.distill.alpha,
+                                                    cfg.finetune.distill.temperature,
+                                                    model))  # distillation from dense
     progress.session = session
     session.record("dense")
     schedule.run(session)
@@ -141,24 +142,21 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     # the controls train on every rank; what follows measures and writes, on rank 0 alone
     extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
     if not distributed.is_main():
-        return {**session.phases, **extra}
+        return {**session.journal.phases, **extra}
     if cfg.strategy.granularity == "neuron":  # whole units removed: build the smaller model
         from prunebench.pruning import compact
         extra["compact"] = compact.run(cfg, model, data, out_dir)
     # exports and latency: a step that fails is recorded in failed_steps, the run goes on
     extra |= after_training.run(cfg, model, dense["state_dict"], data, out_dir)
+    recorded = session.journal.results()  # phases, events, history, timing, cost, budget
     return {
-        **session.phases,
+        **recorded,
         **extra,
-        "cost": session.cost,
-        "budget": session.budget,
-        "timing": {"train_s": train_s, **session.timing,
+        "timing": {"train_s": train_s, **recorded["timing"],
                    "total_s": time.perf_counter() - start},
-        "events": session.events,
-        "history": {"train": dense["history"], **session.history},
+        "history": {"train": dense["history"], **recorded["history"]},
         "gradients": progress.gradients(),
         "cache": {"hit": progress.cache_hit, "dense_train_s": dense["train_s"]},
-        "calibration": session.calibration,
         "ranks": distributed.world(),  # processes the run trained on (torchrun, Slurm tasks)
         **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }
@@ -264,7 +262,7 @@ def snapshot_keeper(cfg: DictConfig, model, data, snapshots: dict):
     epoch = rewind_epoch(cfg)
     if not epoch:
         return None
-    at_step = epoch * math.ceil(len(data.train) / cfg.train.batch_size)
+    at_step = epoch * steps_per_epoch(data.train, cfg.train.batch_size)
 
     def keep(step: int) -> None:
         if step == at_step:

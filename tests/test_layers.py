@@ -23,11 +23,11 @@ LAYERS = [
     ("parts", ["distributed", "data", "models", "training", "pruning.masks", "pruning.units",
                "pruning.macs", "pruning.memory", "pruning.sparse", "pruning.semi_structured"]),
     ("criteria", ["strategies"]),
-    ("session", ["pruning.session", "pruning.replay", "pruning.recovery", "pruning.compact",
-                 "pruning.latency", "runstate.resume", "runstate.progress", "config.checks",
-                 "build"]),
+    ("session", ["pruning.session", "pruning.replay", "pruning.journal", "pruning.recovery",
+                 "pruning.compact", "pruning.latency", "runstate.resume", "runstate.progress",
+                 "config.checks"]),
     ("schedules", ["schedules"]),
-    ("run helpers", ["pruning.controls", "runstate.cache", "results"]),
+    ("run helpers", ["build", "pruning.controls", "runstate.cache", "results"]),
     ("runner", ["runner", "sensitivity", "config.preflight"]),
     ("entry", ["cli", "__main__", ""]),  # "": the package's __init__
 ]

@@ -120,7 +120,7 @@ def make_session(tmp_path, overrides: list[str]) -> Session:
     data = build.dataset(cfg)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data)
-    return Session(cfg, model, data, build.strategy(cfg), tmp_path)
+    return Session(build.session_settings(cfg), model, data, build.strategy(cfg), tmp_path)
 
 
 def test_dns_recovers_a_weight_above_the_upper_threshold(tmp_path):
@@ -230,10 +230,10 @@ def recalibrated_by_hand(session, model) -> list[torch.Tensor]:
     """The statistics recovery.recalibrate gives `model` on the session's recalibration
     batches (their own generator, seed + 5): what a mask change must leave behind."""
     copy = copy_module(model)
-    cfg, data = session.cfg, session.data
-    recovery.recalibrate(copy, batches(data, data.train, cfg.train.batch_size, shuffle=True,
-                                       generator=torch.Generator().manual_seed(cfg.seed + 5)),
-                         cfg.finetune.bn_batches)
+    settings, data = session.settings, session.data
+    recovery.recalibrate(copy, batches(data, data.train, settings.batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(settings.seed + 5)),
+                         settings.recalibration.batches)
     return bn_statistics(copy)
 
 

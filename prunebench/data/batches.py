@@ -7,6 +7,7 @@ per batch instead of a Python call per sample.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -70,6 +71,11 @@ class Dataset:
         val = self.val.to(device) if self.val is not None else None
         return replace(self, train=self.train.to(device), test=self.test.to(device), val=val,
                        mean=self.mean.to(device), std=self.std.to(device))
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    """Training steps in one pass over `split`: the last batch may be short."""
+    return math.ceil(len(split) / batch_size)
 
 
 def batches(data: Dataset, split: Split, batch_size: int, *, shuffle: bool = False,

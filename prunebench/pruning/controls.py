@@ -20,17 +20,15 @@ The random twin goes to results.json `baseline` (out_dir/baseline/), the others 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prunebench import build
 from prunebench.data import Dataset
-from prunebench.pruning import recovery
 from prunebench.pruning.session import Session
 from prunebench.training.loop import headline
 
@@ -43,12 +41,12 @@ def run_all(cfg: DictConfig, data: Dataset, dense_state: dict, run: Session,
             out_dir: Path) -> dict:
     """The controls the config asks for, as results.json entries."""
     out: dict = {}
-    if OmegaConf.select(cfg, "baseline.random_same_density", default=False):
+    if cfg.baseline.random_same_density:
         out["baseline"] = random_same_density(cfg, data, dense_state, run, out_dir)
     controls = {}
-    if OmegaConf.select(cfg, "baseline.shuffled_mask", default=False):
+    if cfg.baseline.shuffled_mask:
         controls["shuffled_mask"] = shuffled_mask(cfg, data, dense_state, run, out_dir)
-    if OmegaConf.select(cfg, "baseline.reinit", default=False):
+    if cfg.baseline.reinit:
         controls["reinit"] = reinit(cfg, data, run, out_dir)
     if controls:
         out["controls"] = controls
@@ -66,7 +64,8 @@ def random_same_density(cfg: DictConfig, data: Dataset, dense_state: dict, run: 
         flat[torch.randperm(mask.numel(), generator=generator)[:keep_counts[name]]] = 1
         masks[name] = flat.view_as(mask)
     return train_twin("random_same_density", cfg, data, run, dense_state, masks,
-                      run.budget["finetune_epochs"], cfg.finetune.lr_scale, out_dir / "baseline")
+                      run.journal.budget["finetune_epochs"], cfg.finetune.lr_scale,
+                      out_dir / "baseline")
 
 
 def shuffle_masks(masks: dict[str, torch.Tensor], generator: torch.Generator
@@ -81,7 +80,7 @@ def shuffled_mask(cfg: DictConfig, data: Dataset, dense_state: dict, run: Sessio
     masks = shuffle_masks({n: m.cpu() for n, m in run.masks.masks.items()},
                           torch.Generator().manual_seed(cfg.seed + 3))
     return train_twin("shuffled_mask", cfg, data, run, dense_state, masks,
-                      run.budget["finetune_epochs"], cfg.finetune.lr_scale,
+                      run.journal.budget["finetune_epochs"], cfg.finetune.lr_scale,
                       out_dir / "controls" / "shuffled_mask")
 
 
@@ -92,8 +91,8 @@ def reinit_state(cfg: DictConfig, data: Dataset) -> dict:
 
 
 def reinit(cfg: DictConfig, data: Dataset, run: Session, out_dir: Path) -> dict:
-    epochs = cfg.train.epochs + run.budget["finetune_epochs"]  # Scratch-E: the run's epochs
-    budget = OmegaConf.select(cfg, "baseline.reinit_budget", default="epochs")
+    epochs = cfg.train.epochs + run.journal.budget["finetune_epochs"]  # Scratch-E: the run's epochs
+    budget = cfg.baseline.reinit_budget
     if budget == "matched_flops":  # Scratch-B: as many multiply-accumulates as the run
         final = run.phases["final"]
         epochs = math.ceil(epochs * final["flops"] / max(final["effective_flops"], 1))
@@ -112,16 +111,12 @@ def train_twin(kind: str, cfg: DictConfig, data: Dataset, run: Session, state: d
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(data.train.y.device)
     model.load_state_dict(state)
-    twin_cfg = copy.deepcopy(cfg)
-    twin_cfg.finetune.lr_scale = lr_scale
-    twin = Session(twin_cfg, model, data, run.strategy, out_dir,  # never prunes: same layers
-                   loss_fn=run.loss_fn)
-    twin.masks.update({n: m.to(data.train.y.device) for n, m in masks.items()})
-    twin.masks.apply()
-    recovery.after_mask_change(twin)
+    twin = Session(build.session_settings(cfg, lr_scale), model, data,
+                   run.strategy, out_dir, loss_fn=run.loss_fn)  # the run's layers
+    twin.change_masks(lambda: {n: m.to(data.train.y.device) for n, m in masks.items()})
     twin.record("pruned")
     twin.finetune(epochs, phase=f"{kind}_train")
     final = twin.record("final")
     log.info("control %s: %s after %d epochs", kind, headline(final), epochs)
     return {"kind": kind, "pruned": twin.phases["pruned"], "final": final,
-            "budget": twin.budget, "timing": twin.timing}
+            "budget": twin.journal.budget, "timing": twin.journal.timing}

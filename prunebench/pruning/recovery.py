@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from prunebench.data import batches
-from prunebench.pruning.masks import sparsity_report
+from prunebench.data import Dataset, batches
 from prunebench.training import parallel
-from prunebench.training.loop import cross_entropy, evaluate
+from prunebench.training.loop import cross_entropy
 
 BEFORE = "pruned_before_bn_recalibration"
 
@@ -60,37 +59,43 @@ def recalibrate(model: nn.Module, data_batches, count: int) -> int:
     return used
 
 
-def enabled(cfg) -> bool:
-    return bool(OmegaConf.select(cfg, "finetune.bn_recalibrate", default=True))
+@dataclass(frozen=True)
+class Recalibration:
+    """finetune.bn_recalibrate and finetune.bn_batches, and the seed of the batches."""
+
+    enabled: bool
+    batches: int
+    seed: int  # the run's seed + 5: recalibrating leaves the fine-tuning data order alone
 
 
-def after_mask_change(session) -> None:
-    """Recalibrate the session's BatchNorm statistics (if any, and asked for), keeping the
-    stale ones so the `pruned` record can show both."""
-    layers = norms(session.model)
-    if not layers or not enabled(session.cfg):
-        return
-    session.stale_bn = {id(m): (m.running_mean.clone(), m.running_var.clone(),
-                                m.num_batches_tracked.clone()) for m in layers}
+def statistics(layers: list[nn.modules.batchnorm._BatchNorm]) -> dict:
+    return {id(m): (m.running_mean.clone(), m.running_var.clone(),
+                    m.num_batches_tracked.clone()) for m in layers}
+
+
+def after_mask_change(model: nn.Module, data: Dataset, batch_size: int,
+                      settings: Recalibration) -> dict | None:
+    """Recalibrate the model's BatchNorm statistics (if any, and asked for); returns the
+    stale ones, so the `pruned` record can show both (None: nothing recalibrated)."""
+    layers = norms(model)
+    if not layers or not settings.enabled:
+        return None
+    stale = statistics(layers)
     # a generator of its own: recalibrating leaves the fine-tuning data order unchanged
-    generator = torch.Generator().manual_seed(session.cfg.seed + 5)
-    data = session.data
+    generator = torch.Generator().manual_seed(settings.seed)
     # on several ranks: each its part of every batch, statistics over the global batch
-    with parallel.global_batchnorm(session.model):
-        recalibrate(session.model, batches(data, data.train, session.cfg.train.batch_size,
-                                           shuffle=True, generator=generator, shard=True),
-                    OmegaConf.select(session.cfg, "finetune.bn_batches", default=100))
+    with parallel.global_batchnorm(model):
+        recalibrate(model, batches(data, data.train, batch_size, shuffle=True,
+                                   generator=generator, shard=True), settings.batches)
+    return stale
 
 
-def record_before(session) -> None:
-    """phases[BEFORE]: the test metrics with the statistics from before the last
-    recalibration (then the recalibrated ones are put back)."""
-    stale, session.stale_bn = session.stale_bn, None
-    if not stale:
-        return
-    layers = norms(session.model)
-    fresh = {id(m): (m.running_mean.clone(), m.running_var.clone(),
-                     m.num_batches_tracked.clone()) for m in layers}
+def with_statistics(model: nn.Module, stale: dict, measure: Callable[[], dict]) -> dict:
+    """`measure()` with the BatchNorm statistics `stale` (from before the last
+    recalibration); the recalibrated ones are put back."""
+    layers = norms(model)
+    fresh = statistics(layers)
+    measured = {}
     with torch.no_grad():
         for state in (stale, fresh):
             for m in layers:
@@ -98,9 +103,8 @@ def record_before(session) -> None:
                 m.running_var.copy_(state[id(m)][1])
                 m.num_batches_tracked.copy_(state[id(m)][2])
             if state is stale:
-                session.phases[BEFORE] = evaluate(session.model, session.data,
-                                                  session.data.test) | sparsity_report(
-                                                      session.model, session.strategy.exclude)
+                measured = measure()
+    return measured
 
 
 def distill_loss(teacher: nn.Module, alpha: float, temperature: float
@@ -121,11 +125,9 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float
     return loss
 
 
-def teacher_loss(cfg, model: nn.Module):
+def teacher_loss(alpha: float | None, temperature: float, model: nn.Module):
     """The fine-tuning loss: None (cross-entropy) unless finetune.distill.alpha > 0, then
     distillation from a frozen copy of `model` as it is now (the dense model)."""
-    alpha = OmegaConf.select(cfg, "finetune.distill.alpha", default=0.0) or 0.0
-    if alpha == 0:
+    if not alpha:
         return None
-    temperature = OmegaConf.select(cfg, "finetune.distill.temperature", default=4.0)
     return distill_loss(copy.deepcopy(model), float(alpha), float(temperature))

@@ -3,35 +3,53 @@
 A schedule decides *when* masks change and calls `session.prune(amount)` (or, to choose the
 masks itself, `session.change_masks(choose)`: DNS and RigL) and
 `session.finetune(epochs, on_step=...)`; the strategy decides *which* weights. Every mask
-change takes the one path of `change_masks`.
+change takes the one path of `change_masks`. A Session is built from `SessionSettings`
+(build.session_settings) and keeps its part of results.json in one `Journal`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from prunebench import build, distributed
-from prunebench.data import Dataset, batches
+from prunebench import distributed
+from prunebench.data import Dataset, batches, steps_per_epoch
 from prunebench.pruning import macs, memory, recovery
+from prunebench.pruning.journal import Journal
 from prunebench.pruning.masks import Masks, mask_sparsity, sparsity_report
 from prunebench.pruning.replay import Replay
 from prunebench.runstate import files
 from prunebench.runstate.resume import restore_training, training_state
 from prunebench.strategies.base import PruneContext, Strategy
-from prunebench.training import zero_shot
-from prunebench.training.loop import cross_entropy, evaluate, fit
+from prunebench.training.loop import FitSettings, cross_entropy, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a Session needs of the config (build.session_settings makes it): its seed and
+    batch size, fine-tuning's epochs and learning-rate scale, BatchNorm recalibration, and
+    how fine-tuning's optimizer, lr schedule and loop settings are made, and the zero-shot
+    tasks every record evaluates (eval.tasks)."""
+
+    seed: int
+    batch_size: int
+    finetune_epochs: int
+    lr_scale: float
+    recalibration: recovery.Recalibration
+    optimizer: Callable[[nn.Module, float], torch.optim.Optimizer]  # (model, lr_scale)
+    lr_scheduler: Callable[[torch.optim.Optimizer, int], object]  # (optimizer, epochs)
+    fit: Callable[[int], FitSettings]  # (epochs)
+    zero_shot: Callable[[nn.Module], dict]  # eval.tasks' metrics of a model (zero_shot.run)
+    dataset_name: str = ""  # what calibration batches come from, for results.json
+    calibration_seed: int | None = None  # calibration.seed; None: the session's seed + 1
+    calibration_samples: int | None = None  # calibration.samples; None: what a draw takes
 
 
 class Session:
@@ -43,36 +61,30 @@ class Session:
     cross-entropy in fine-tuning (distillation, pruning/recovery.py).
     """
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, data: Dataset,
+    def __init__(self, settings: SessionSettings, model: nn.Module, data: Dataset,
                  strategy: Strategy | None, out_dir: Path,
                  rewind_states: dict[str, dict[str, torch.Tensor]] | None = None,
                  replay: Replay | None = None, loss_fn: Callable | None = None):
-        self.cfg, self.model, self.data, self.strategy = cfg, model, data, strategy
+        self.settings, self.model, self.data, self.strategy = settings, model, data, strategy
         self.out_dir = out_dir
         self.masks = Masks(model, strategy.exclude)
         self.step = 0
-        self.events: list[dict] = []
-        self.phases: dict[str, dict] = {}
-        self.history: dict[str, list] = {}
         self.gradients: dict[str, GradientStats] = {}
         self.rewind_states = rewind_states or {}
-        self.timing = {"prune_s": 0.0, "finetune_s": 0.0}
-        self.cost: dict = {"prune_peak_mb": 0.0}  # highest over pruning events
-        self.budget = {"finetune_epochs": 0, "finetune_steps": 0}
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.generator = torch.Generator().manual_seed(settings.seed + 1)
         # what data-driven criteria calibrate on: shuffled training batches drawn from their
         # own generator, seeded by calibration.seed (default seed + 1, the session's, so a
         # one-shot prune draws the first batches of this seed), at most calibration.samples
         # samples per draw; results.json records what was drawn (calibration_record)
-        seed = OmegaConf.select(cfg, "calibration.seed", default=None)
-        self.calibration_seed = cfg.seed + 1 if seed is None else int(seed)
-        self.calibration_samples = OmegaConf.select(cfg, "calibration.samples", default=None)
+        seed = settings.calibration_seed
+        self.calibration_seed = settings.seed + 1 if seed is None else int(seed)
+        self.calibration_samples = settings.calibration_samples
         self.calibration_generator = (self.generator if seed is None else
                                       torch.Generator().manual_seed(self.calibration_seed))
-        self.calibration = {"source": f"{cfg.dataset.name}:train",
-                            "seed": self.calibration_seed, "samples_limit":
-                            self.calibration_samples, "batch_size": cfg.train.batch_size,
-                            "windows": 0, "seq_len": None, "sha256": None}
+        self.journal = Journal(calibration={
+            "source": f"{settings.dataset_name}:train", "seed": self.calibration_seed,
+            "samples_limit": self.calibration_samples, "batch_size": settings.batch_size,
+            "windows": 0, "seq_len": None, "sha256": None})
         self._calibration_hash = hashlib.sha256()
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay = replay if replay is not None else Replay()
@@ -80,10 +92,19 @@ class Session:
         self.loss_fn = loss_fn
         self.stale_bn: dict | None = None  # BN statistics from before the last recalibration
 
+    # what schedules read of the records
+    @property
+    def events(self) -> list[dict]:
+        return self.journal.events
+
+    @property
+    def phases(self) -> dict[str, dict]:
+        return self.journal.phases
+
     def state_dict(self) -> dict:
         """What the session has done so far, for checkpoints/state.pt."""
-        return {"step": self.step, "masks": self.masks.state_dict(), "events": self.events,
-                "history": self.history, "phases": self.phases, "timing": self.timing,
+        return {"step": self.step, "masks": self.masks.state_dict(),
+                **self.journal.state_dict(),
                 "gradients": {p: g.state_dict() for p, g in self.gradients.items()}}
 
     def restore(self, saved: dict, hold_masks: bool = True) -> None:
@@ -94,7 +115,7 @@ class Session:
                            for n, m in saved["masks"].items()})
         if hold_masks:
             self.masks.apply()
-        self.history, self.phases, self.timing = saved["history"], saved["phases"], saved["timing"]
+        self.journal.load_state_dict(saved)
         self.gradients = {}
         for phase, stats in saved["gradients"].items():  # telemetry of the steps so far
             self.gradients[phase] = GradientStats()
@@ -102,7 +123,7 @@ class Session:
 
     def context(self) -> PruneContext:
         def train_batches():
-            drawn = batches(self.data, self.data.train, self.cfg.train.batch_size, shuffle=True,
+            drawn = batches(self.data, self.data.train, self.settings.batch_size, shuffle=True,
                             generator=self.calibration_generator)
             return self.recorded(limited(drawn, self.calibration_samples))
         return PruneContext(train_batches, cross_entropy, self.data.train.y.device,
@@ -113,9 +134,10 @@ class Session:
         values, in the order drawn) as the criterion takes them."""
         for x, y in drawn:
             self._calibration_hash.update(x.detach().cpu().contiguous().numpy().tobytes())
-            self.calibration["windows"] += len(x)
-            self.calibration["seq_len"] = int(x.shape[1]) if self.data.task == "lm" else None
-            self.calibration["sha256"] = self._calibration_hash.hexdigest()
+            record = self.journal.calibration
+            record["windows"] += len(x)
+            record["seq_len"] = int(x.shape[1]) if self.data.task == "lm" else None
+            record["sha256"] = self._calibration_hash.hexdigest()
             yield x, y
 
     def prune(self, amount: float | None) -> None:
@@ -138,13 +160,12 @@ class Session:
         active although still zero).
         """
         if self.replay.active:
-            self.events.append(self.replay.event(len(self.events)))
+            self.journal.events.append(self.replay.event(len(self.journal.events)))
             return
         start = time.perf_counter()
         with memory.peak(self.data.train.y.device) as used:
             new = choose()
-        self.cost = {"prune_peak_mb": max(self.cost["prune_peak_mb"], used["peak_mb"]),
-                     "memory_method": used["method"]}
+        self.journal.peak_memory(used)
         # every rank scored alike; rank 0's masks and weights (OBS, SparseGPT and L0 change
         # weights too) are the run's, bit for bit
         distributed.broadcast_tensors(list(new.values()))
@@ -152,23 +173,15 @@ class Session:
         pruned, recovered = self.masks.update(new)
         if zero_pruned:
             self.masks.apply()
-        recovery.after_mask_change(self)
+        stale = recovery.after_mask_change(self.model, self.data, self.settings.batch_size,
+                                           self.settings.recalibration)
+        self.stale_bn = stale if stale is not None else self.stale_bn
         if zero_pruned and self.optimizer is not None:
             self.masks.clear_optimizer_state(self.optimizer)
-        self.timing["prune_s"] += time.perf_counter() - start
-        sparsity = mask_sparsity(self.masks.masks) if count_masks else None
-        self.log_event(pruned, recovered, sparsity, amount)
-
-    def log_event(self, pruned: int, recovered: int, sparsity: float | None = None,
-                  amount: float | None = None) -> None:
-        """Keep one pruning event (with the amount asked for, if any); sparsity is read off
-        the weights unless given."""
-        if sparsity is None:
-            sparsity = sparsity_report(self.model, self.strategy.exclude)["sparsity"]
-        self.events.append({"step": self.step, "amount": amount, "sparsity": sparsity,
-                            "pruned": pruned, "recovered": recovered})
-        log.info("mask update at step %d: sparsity %.4f (+%d pruned, %d recovered)",
-                 self.step, sparsity, pruned, recovered)
+        self.journal.timing["prune_s"] += time.perf_counter() - start
+        sparsity = (mask_sparsity(self.masks.masks) if count_masks else
+                    sparsity_report(self.model, self.strategy.exclude)["sparsity"])
+        self.journal.event(self.step, amount, sparsity, pruned, recovered)
 
     def finetune(self, epochs: int, on_step: Callable[[int], None] | None = None,
                  phase: str = "finetune", hold_masks: bool = True) -> None:
@@ -178,18 +191,15 @@ class Session:
         the forward pass instead (dynamic network surgery).
         """
         start = time.perf_counter()
-        cfg = self.cfg
-        self.optimizer = build.optimizer(cfg, self.model, cfg.finetune.lr_scale)
-        scheduler = build.lr_scheduler(cfg, self.optimizer, epochs)
-        settings = build.fit_settings(cfg, epochs)
+        self.optimizer = self.settings.optimizer(self.model, self.settings.lr_scale)
+        scheduler = self.settings.lr_scheduler(self.optimizer, epochs)
 
         def step_hook(step: int) -> None:
             self.step = step
             if on_step is not None:
                 on_step(step)
 
-        self.budget["finetune_epochs"] += epochs
-        self.budget["finetune_steps"] += epochs * self.steps_per_epoch()
+        self.journal.fine_tuning(epochs, epochs * self.steps_per_epoch())
         start_epoch, saved = self.replay.fit_call(epochs)
         for _ in range(start_epoch * self.steps_per_epoch()):  # replayed: on_step only
             step_hook(self.step + 1)
@@ -197,19 +207,19 @@ class Session:
             return
         prefix = []
         if saved is not None:  # the interrupted call: continue at its saved epoch
-            self.replay.reached(self.events, self.step)
+            self.replay.reached(self.journal.events, self.step)
             restore_training(saved, self.model, self.optimizer, scheduler, self.generator)
             self.restore(saved, hold_masks)
             prefix = saved["fit_history"]
         history = prefix + fit(
-            self.model, self.data, self.optimizer, scheduler, settings, self.generator, phase,
-            self.masks if hold_masks else None, step_hook, first_step=self.step,
-            gradients=self.gradients.setdefault(phase, GradientStats()),
+            self.model, self.data, self.optimizer, scheduler, self.settings.fit(epochs),
+            self.generator, phase, self.masks if hold_masks else None, step_hook,
+            first_step=self.step, gradients=self.gradients.setdefault(phase, GradientStats()),
             start_epoch=start_epoch,
             on_epoch=self.saver(phase, self.optimizer, scheduler, prefix),
             loss_fn=self.loss_fn)
-        self.history.setdefault(phase, []).extend(history)
-        self.timing["finetune_s"] += time.perf_counter() - start
+        self.journal.history.setdefault(phase, []).extend(history)
+        self.journal.timing["finetune_s"] += time.perf_counter() - start
 
     def saver(self, phase: str, optimizer, scheduler,
               prefix: list) -> Callable[[int, list], None] | None:
@@ -227,26 +237,32 @@ class Session:
         return save
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
+        return steps_per_epoch(self.data.train, self.settings.batch_size)
 
     def record(self, phase: str) -> dict:
         """Evaluate on the test split (and under `validation` on the validation split, what
         searches select on), save checkpoints/<phase>.pt, keep the numbers."""
+        phases = self.journal.phases
         if self.replay.active:
-            self.phases[phase] = self.replay.phase(phase)
-            return self.phases[phase]
-        if phase == "pruned":
-            recovery.record_before(self)
-        metrics = evaluate(self.model, self.data, self.data.test)
+            phases[phase] = self.replay.phase(phase)
+            return phases[phase]
+        if phase == "pruned" and self.stale_bn is not None:
+            phases[recovery.BEFORE] = recovery.with_statistics(
+                self.model, self.stale_bn, lambda: self.evaluate())
+            self.stale_bn = None
+        metrics = self.evaluate()
         if self.data.val is not None and len(self.data.val):
             metrics["validation"] = evaluate(self.model, self.data, self.data.val)
-        metrics |= sparsity_report(self.model, self.strategy.exclude)
-        metrics |= macs.count(self.model, self.data.input_shape,  # MACs per image or window
-                              self.data.input_dtype)
-        metrics |= zero_shot.run(self.cfg, self.model)  # eval.tasks (lm-evaluation-harness)
-        self.phases[phase] = metrics
+        phases[phase] = (metrics | macs.count(  # MACs per image or window
+            self.model, self.data.input_shape, self.data.input_dtype)
+            | self.settings.zero_shot(self.model))  # eval.tasks (lm-evaluation-harness)
         save_checkpoint(self.model, self.out_dir, phase)
-        return metrics
+        return phases[phase]
+
+    def evaluate(self) -> dict:
+        """Test metrics and sparsity of the model as it is."""
+        return (evaluate(self.model, self.data, self.data.test)
+                | sparsity_report(self.model, self.strategy.exclude))
 
 
 def limited(drawn, samples: int | None):

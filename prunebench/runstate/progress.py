@@ -30,8 +30,8 @@ class Progress:
         if self.session is None:
             started = self.dense is not None or self.train_gradients is not None
             return {"gradients": self.gradients()} if started else {}
-        session = self.session
-        return {**session.phases, "events": session.events, "history": session.history,
+        journal = self.session.journal
+        return {**journal.phases, "events": journal.events, "history": journal.history,
                 "gradients": self.gradients()}
 
     def gradients(self) -> dict:

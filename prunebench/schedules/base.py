@@ -3,8 +3,6 @@ prunebench/pruning/session.py."""
 
 from __future__ import annotations
 
-import math
-
 from omegaconf import DictConfig
 
 from prunebench.config.errors import ConfigError
@@ -34,13 +32,8 @@ class Schedule:
         raise NotImplementedError
 
 
-def steps_per_epoch(cfg: DictConfig, data: Dataset) -> int:
-    return math.ceil(len(data.train) / cfg.train.batch_size)
-
-
-def require_amount(cfg: DictConfig, schedule: str) -> float:
-    """The target sparsity; schedules that move toward a target need strategy.amount."""
-    amount = cfg.strategy.amount
+def require_amount(amount: float | None, schedule: str) -> float:
+    """The target sparsity (strategy.amount); schedules that move toward a target need it."""
     if amount is None:
         raise ConfigError(f"schedule={schedule} needs strategy.amount (a target sparsity), "
                           f"not strategy.threshold")

@@ -65,9 +65,9 @@ class Dynamic(Schedule):
         if self.variant == "dns":
             self.run_surgery(session, on_step)
         else:
-            session.prune(require_amount(session.cfg, self.name))
+            session.prune(require_amount(session.strategy.amount, self.name))
             session.record("pruned")  # 'pruned': one-shot to the target, before any training
-            session.finetune(session.cfg.finetune.epochs, on_step=on_step)
+            session.finetune(session.settings.finetune_epochs, on_step=on_step)
 
     def check(self, cfg: DictConfig, data: Dataset) -> None:
         epochs, strategy = cfg.finetune.epochs, cfg.strategy
@@ -90,7 +90,7 @@ class Dynamic(Schedule):
         if not 0 < self.alpha <= 1:
             raise ConfigError(f"schedule.alpha={self.alpha} is invalid: allowed 0 < alpha <= 1")
         if self.variant == "rigl":
-            require_amount(cfg, self.name)
+            require_amount(cfg.strategy.amount, self.name)
 
     # --- dynamic network surgery -------------------------------------------------------
     def run_surgery(self, session: Session, on_step) -> None:
@@ -105,7 +105,8 @@ class Dynamic(Schedule):
             torch._foreach_copy_(list(masks.weights.values()), dense)
         self.forward_masks, self.settled = attach(session), False
         try:
-            session.finetune(session.cfg.finetune.epochs, on_step=on_step, hold_masks=False)
+            session.finetune(session.settings.finetune_epochs, on_step=on_step,
+                             hold_masks=False)
             if not self.settled:  # end = 0: no step reached it
                 self.settle(session)
         finally:  # bake the masks in: plain weights again, pruned ones exact zeros

@@ -12,8 +12,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from prunebench.config.errors import ConfigError
-from prunebench.data import Dataset
-from prunebench.schedules.base import Schedule, Session, require_amount, steps_per_epoch
+from prunebench.data import Dataset, steps_per_epoch
+from prunebench.schedules.base import Schedule, Session, require_amount
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, frequency: int,
@@ -31,11 +31,12 @@ class Gradual(Schedule):
         self.initial, self.start, self.end, self.frequency = initial, start, end, frequency
 
     def check(self, cfg: DictConfig, data: Dataset) -> None:
-        self.plan(cfg, steps_per_epoch(cfg, data))
+        self.plan(require_amount(cfg.strategy.amount, self.name), cfg.finetune.epochs,
+                  steps_per_epoch(data.train, cfg.train.batch_size))
 
     def run(self, session: Session) -> None:
-        target = require_amount(session.cfg, self.name)
-        t0, n = self.plan(session.cfg, session.steps_per_epoch())
+        target = require_amount(session.strategy.amount, self.name)
+        t0, n = self.plan(target, session.settings.finetune_epochs, session.steps_per_epoch())
         first = session.step
 
         def on_step(step: int) -> None:
@@ -49,11 +50,11 @@ class Gradual(Schedule):
 
         if t0 == 0:
             prune_to(session, self.initial)
-        session.finetune(session.cfg.finetune.epochs, on_step=on_step)
+        session.finetune(session.settings.finetune_epochs, on_step=on_step)
 
-    def plan(self, cfg: DictConfig, steps: int) -> tuple[int, int]:
-        """(first pruning step t0, number of increments n), checked against the phase."""
-        target, epochs = require_amount(cfg, self.name), cfg.finetune.epochs
+    def plan(self, target: float, epochs: int, steps: int) -> tuple[int, int]:
+        """(first pruning step t0, number of increments n) of `epochs` fine-tuning epochs of
+        `steps` steps, checked against the phase."""
         if not 0 <= self.initial <= target:
             raise ConfigError(f"schedule.initial={self.initial} is invalid: allowed "
                               f"0 <= initial <= strategy.amount ({target})")

@@ -38,7 +38,7 @@ class Iterative(Schedule):
         self.rounds, self.rewind, self.epochs_per_round = rounds, str(rewind), epochs_per_round
 
     def check(self, cfg: DictConfig, data: Dataset) -> None:
-        require_amount(cfg, self.name)
+        require_amount(cfg.strategy.amount, self.name)
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"schedule.rounds={self.rounds} is invalid: allowed an integer >= 1")
         k = rewind_epoch(cfg)
@@ -47,10 +47,10 @@ class Iterative(Schedule):
                               f"or epoch_<k> with 1 <= k <= train.epochs")
 
     def run(self, session: Session) -> None:
-        target = require_amount(session.cfg, self.name)
+        target = require_amount(session.strategy.amount, self.name)
         epochs = self.epochs_per_round
         if epochs is None:
-            epochs = session.cfg.finetune.epochs
+            epochs = session.settings.finetune_epochs
         for r, sparsity in enumerate(geometric_path(target, self.rounds), start=1):
             session.prune(sparsity)
             if self.rewind != "none":

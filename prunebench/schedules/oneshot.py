@@ -9,4 +9,4 @@ class OneShot(Schedule):
     def run(self, session: Session) -> None:
         session.prune(session.strategy.amount)
         session.record("pruned")
-        session.finetune(session.cfg.finetune.epochs)
+        session.finetune(session.settings.finetune_epochs)
