@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # torch thread (tests/conftest.py); `make test TEST_WORKERS=0` runs the suite in one process
 TEST_WORKERS ?= 2
 
-.PHONY: install run test bench lint docs clean
+.PHONY: install run test test-quick bench lint docs clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,12 @@ $(VENV)/.installed: pyproject.toml
 run: install  # the default comparison: l1, l0, gradient, hessian, random on digits
 	$(BIN)/prunebench -m +experiment=compare
 
+# every test; the 15 slowest are listed at the end of the log (CI's too)
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+test-quick: install  # without the tests marked slow
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not slow"
 
 bench: install
 	$(BIN)/python scripts/bench_overhead.py

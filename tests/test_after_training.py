@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, run_cli
+from helpers import BIN, run_cli
 
 # data-dependent control flow: torch.export cannot trace it, so its ONNX export fails; every
 # forward in training mode is counted in the file STEPS_FILE names

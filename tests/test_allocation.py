@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from helpers import context
 from torch import nn
 
 from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies import allocation
-from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 
 
@@ -24,8 +24,7 @@ def hand_model() -> nn.Module:
 def prune(model, amount, allocation_name, batches=()):
     weights = prunable_weights(model)
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
-    ctx = PruneContext(lambda: iter(batches), nn.functional.cross_entropy,
-                       torch.device("cpu"), torch.Generator().manual_seed(0))
+    ctx = context(batches)
     strategy = L1("l1", amount=amount, allocation=allocation_name)
     return strategy.prune(model, weights, masks, ctx, amount), strategy
 

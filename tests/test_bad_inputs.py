@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from datafiles import write_idx, write_image_folder
 from filelock import FileLock
+from helpers import composed, run_cli
+
+from prunebench import build
+from prunebench.config import inputs
+from prunebench.config.errors import ConfigError
 
 # the finished run every value and ownership case is aimed at
 BASE = ["train.epochs=1", "finetune.epochs=1"]
@@ -258,7 +262,10 @@ NEW_KEYS = [  # keys this round added: Hugging Face models, image folders, check
     Case("checkpoint-missing", ["dense.checkpoint=/nonexistent/dense.pt"], "dense.checkpoint",
          also="no such file"),
 ]
-CASES = (VALUES + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS
+# the value checks run in-process below (test_bad_value_is_one_line_naming_the_key); a sample
+# of them also goes through the real CLI, with the finished folder checked untouched
+THROUGH_CLI = VALUES[:3]
+CASES = (THROUGH_CLI + KEYS + DEVICES + SIZES + UNSUPPORTED + HYDRA + OWNERSHIP + DATA + SWEEPS
          + REPORT + YOURS + AFTER + SENSITIVITY + NEW_KEYS)
 
 
@@ -361,6 +368,18 @@ def test_bad_input(case: Case, finished, tmp_path):
         assert not any(folder.glob("*/results.json"))
     if case in SENSITIVITY:  # refused before any work: nothing written
         assert not (tmp_path / "sensitivity").exists()
+
+
+@pytest.mark.parametrize("case", VALUES, ids=[c.id for c in VALUES])
+def test_bad_value_is_one_line_naming_the_key(case: Case):
+    """The checks the CLI runs before any work (config.inputs, then build.check), on the
+    config it would compose: one ConfigError line naming the key."""
+    cfg = composed([*BASE, *case.args])
+    with pytest.raises(ConfigError) as err:
+        inputs.check(cfg)
+        build.check(cfg)
+    line = str(err.value)
+    assert "\n" not in line and case.names in line and case.also in line, line
 
 
 def test_orphaned_temporary_files_are_cleaned_and_the_finished_run_reused(finished):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import checkpoint_accuracy, run_cli
+from helpers import checkpoint_accuracy, run_cli
 
 PHASE_KEYS = {"accuracy", "loss", "params", "nonzero", "sparsity", "layers"}
 
@@ -125,7 +125,7 @@ def test_two_jobs_racing_on_one_cache_entry(tmp_path):
     """Started together, one job trains and saves; the other waits on the lock and loads."""
     import subprocess
 
-    from conftest import BIN
+    from helpers import BIN
 
     procs = [subprocess.Popen([str(BIN / "prunebench"), f"hydra.run.dir={tmp_path / str(i)}",
                                f"cache.dir={tmp_path / 'cache'}", "train.epochs=3",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
-from conftest import run_cli
-from hydra import compose, initialize_config_module
+from helpers import composed, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -14,11 +13,6 @@ from prunebench.cli import GROUPS, available
 from prunebench.config import schema
 
 schema.register()
-
-
-def compose_with(overrides: list[str]):
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def every_option() -> list[str]:
@@ -32,7 +26,7 @@ def every_option() -> list[str]:
 
 @pytest.mark.parametrize("option", every_option())
 def test_every_yaml_composes_against_the_schema(option):
-    cfg = compose_with([option])
+    cfg = composed([option])
     assert OmegaConf.get_type(cfg.train, "epochs") is int  # the schema is in force
     group = option.lstrip("+").split("=")[0]
     if group in GROUPS:
@@ -44,12 +38,12 @@ def test_every_yaml_composes_against_the_schema(option):
     "seed=1.5"])
 def test_wrong_type_fails_at_composition(override):
     with pytest.raises(ConfigCompositionException):
-        compose_with([override])
+        composed([override])
 
 
 def test_criterion_keys_stay_open_and_unknown_keys_fail_in_yaml(tmp_path):
     # an option's own keys are free (the target's signature checks them when built) ...
-    assert compose_with(["strategy=l1", "+strategy.extra=1"]).strategy.extra == 1
+    assert composed(["strategy=l1", "+strategy.extra=1"]).strategy.extra == 1
     # ... but a typo under a typed node in a user's YAML fails at composition, in the CLI
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "typo.yaml").write_text(

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_RESNET
 from omegaconf import OmegaConf
 from scipy import stats as sps
 from torch import nn
@@ -15,8 +16,6 @@ from prunebench.data.digits import load as load_digits
 from prunebench.pruning import controls, recovery
 from prunebench.results import stats, table
 from prunebench.training.loop import FitSettings, fit
-
-TINY_RESNET = ["model=resnet", "model.depth=8", "+model.widths=[4,8,8]"]
 
 
 def test_shuffled_masks_keep_layer_counts_and_move_the_weights():

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import context, tiny_net
 from torch import nn
 from torch.func import functional_call
 
 from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies import l0, obs
-from prunebench.strategies.base import PruneContext
 from prunebench.strategies.gradient import Gradient
 from prunebench.strategies.hessian import Hessian
 from prunebench.strategies.l0 import L0
@@ -27,22 +27,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Unflatten(1, (1, 5)), nn.Conv1d(1, 2, 3),
-                         nn.Flatten(), nn.Linear(6, 3))
-
-
 def make_batches(count: int = 3, size: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g))
             for _ in range(count)]
-
-
-def context(model: nn.Module, batches, seed: int = 0, amount=None) -> PruneContext:
-    masks = {n: torch.ones_like(w) for n, w in prunable_weights(model).items()}
-    return PruneContext(lambda: iter(batches), F.cross_entropy, torch.device("cpu"),
-                        torch.Generator().manual_seed(seed), model, masks, amount)
 
 
 def full_hessian(model: nn.Module, batches) -> torch.Tensor:
@@ -78,10 +66,10 @@ def test_exact_hessian_diagonal_equals_autograd_hessian():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
     strategy = Hessian("hessian", estimator="exact", amount=0.5)
-    diag = strategy.diagonal(model, weights, batches, context(model, batches))
+    diag = strategy.diagonal(model, weights, batches, context(batches, model))
     expected = full_hessian(model, batches).diagonal()
     assert torch.allclose(flatten(diag), expected, atol=1e-5, rtol=0)
-    scores = strategy.score(weights, context(model, batches))
+    scores = strategy.score(weights, context(batches, model))
     assert torch.allclose(flatten(scores), 0.5 * expected * flatten(weights).pow(2), atol=1e-6)
 
 
@@ -91,7 +79,7 @@ def test_hutchinson_within_its_standard_error():
     probes = 1000
     strategy = Hessian("hessian", estimator="hutchinson", probes=probes, amount=0.5)
     diag = flatten(strategy.diagonal(model, prunable_weights(model), batches,
-                                     context(model, batches)))
+                                     context(batches, model)))
     hessian = full_hessian(model, batches)
     off = hessian - torch.diag(hessian.diagonal())
     sd = (off.pow(2).sum(1) / probes).sqrt()
@@ -103,7 +91,7 @@ def test_hutchinson_within_its_standard_error():
 def test_fisher_diagonal_equals_mean_squared_per_sample_gradient():
     model, batches = tiny_net(), make_batches()
     strategy = Hessian("hessian", estimator="fisher", amount=0.5)
-    diag = strategy.diagonal(model, prunable_weights(model), batches, context(model, batches))
+    diag = strategy.diagonal(model, prunable_weights(model), batches, context(batches, model))
     single = [(x[i:i + 1], y[i:i + 1]) for x, y in batches for i in range(len(y))]
     squares = [{n: g.pow(2) for n, g in grads.items()}
                for grads in reference_batch_grads(model, single)]
@@ -117,8 +105,8 @@ def test_snip_and_taylor_equal_gradient_times_weight():
     grads = reference_batch_grads(model, batches)
     snip = Gradient("gradient", variant="snip", batches=3, amount=0.5)
     taylor = Gradient("gradient", variant="taylor", batches=3, amount=0.5)
-    snip_scores = snip.score(weights, context(model, batches))
-    taylor_scores = taylor.score(weights, context(model, batches))
+    snip_scores = snip.score(weights, context(batches, model))
+    taylor_scores = taylor.score(weights, context(batches, model))
     for n, w in weights.items():
         mean_grad = sum(g[n] for g in grads) / len(grads)
         assert torch.allclose(snip_scores[n], (mean_grad * w).abs(), atol=1e-7)
@@ -129,7 +117,7 @@ def test_snip_and_taylor_equal_gradient_times_weight():
 def test_batches_key_limits_the_data_used():
     model, batches = tiny_net(), make_batches()
     one = Gradient("gradient", variant="snip", batches=1, amount=0.5)
-    scores = one.score(prunable_weights(model), context(model, batches))
+    scores = one.score(prunable_weights(model), context(batches, model))
     grads = reference_batch_grads(model, batches[:1])[0]
     for n, w in prunable_weights(model).items():
         assert torch.allclose(scores[n], (grads[n] * w).abs(), atol=1e-7)
@@ -142,7 +130,7 @@ def test_grasp_equals_weight_times_hessian_gradient_product():
     mean_grad = flatten({n: sum(g[n] for g in grads) / len(grads) for n in weights})
     expected = flatten(weights) * (full_hessian(model, batches) @ mean_grad)
     scores = Gradient("gradient", variant="grasp", batches=3, amount=0.5).score(
-        weights, context(model, batches))
+        weights, context(batches, model))
     assert torch.allclose(flatten(scores), expected, atol=1e-6)
 
 
@@ -155,7 +143,7 @@ def test_synflow_one_round_matches_the_positive_network():
     reference(torch.ones(1, 6)).sum().backward()
     expected = {n: (w.grad * w).abs() for n, w in prunable_weights(reference).items()}
     strategy = Gradient("gradient", variant="synflow", iterations=1, amount=0.5)
-    scores = strategy.score(prunable_weights(model), context(model, batches, amount=0.5))
+    scores = strategy.score(prunable_weights(model), context(batches, model, amount=0.5))
     assert torch.allclose(flatten(scores), flatten(expected), rtol=1e-5)
 
 
@@ -163,7 +151,7 @@ def test_synflow_one_round_matches_the_positive_network():
 def test_iterative_synflow_meets_the_target_exactly(scope):
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
-    ctx = context(model, batches)
+    ctx = context(batches, model)
     strategy = Gradient("gradient", variant="synflow", iterations=10, amount=0.7, scope=scope)
     masks = strategy.prune(model, weights, ctx.masks, ctx, 0.7)
     total = sum(m.numel() for m in masks.values())
@@ -196,7 +184,7 @@ def test_l0_own_rule_prunes_closed_gates_and_keeps_trained_weights():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
     before = copy.deepcopy(model.state_dict())
-    ctx = context(model, batches)
+    ctx = context(batches, model)
     strategy = L0("l0", epochs=30, gate_lr=0.1, **{"lambda": 0.02})
     masks = strategy.prune(model, weights, ctx.masks, ctx, None)
     for n in weights:
@@ -210,7 +198,7 @@ def test_l0_own_rule_prunes_closed_gates_and_keeps_trained_weights():
 def test_l0_with_amount_meets_target_by_open_probability():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
-    ctx = context(model, batches)
+    ctx = context(batches, model)
     strategy = L0("l0", epochs=5, amount=0.6, scope="layer", **{"lambda": 0.01})
     masks = strategy.prune(model, weights, ctx.masks, ctx, 0.6)
     for n, m in masks.items():
@@ -275,7 +263,7 @@ def test_obs_strategy_removes_the_least_salient_weight_and_compensates():
     row, q = divmod(int(saliency.argmin()), 5)
 
     weights = prunable_weights(model)
-    ctx = context(model, batches)
+    ctx = context(batches, model)
     strategy = Hessian("hessian", variant="obs", batches=2, damp=0.0, amount=1 / 15)
     masks = strategy.prune(model, weights, ctx.masks, ctx, 1 / 15)
     assert int((masks["weight"] == 0).sum()) == 1 and masks["weight"][row, q] == 0
@@ -305,7 +293,7 @@ def test_l0_neuron_gates_remove_whole_units_by_open_probability():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
     batches = make_batches()
     weights = prunable_weights(model)
-    ctx = context(model, batches)
+    ctx = context(batches, model)
     strategy = L0("l0", epochs=3, amount=0.5, scope="layer", granularity="neuron",
                   **{"lambda": 0.01})
     masks = strategy.prune(model, weights, ctx.masks, ctx, 0.5)

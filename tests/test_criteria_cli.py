@@ -9,9 +9,7 @@ import csv
 import json
 
 import pytest
-from conftest import run_cli
-
-ONE_THREAD = ["train.threads=1"]  # tiny nets: threads only add contention
+from helpers import ONE_THREAD, run_cli
 
 
 @pytest.mark.parametrize("strategy, key, values", [

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+import torch.nn.functional as F
 from datafiles import write_cifar, write_idx
+from helpers import run_cli
 
 from prunebench.data import Split, vision
 from prunebench.data.augment import crop_flip
@@ -36,7 +37,21 @@ def test_cifar_batches_load_with_augmentation(tmp_path):
     written = write_cifar(tmp_path / "src")
     data = vision.load("cifar10", root=str(tmp_path / "root"), source_dir=str(tmp_path / "src"),
                        val_fraction=0, augment=True)
-    assert data.input_shape == (3, 32, 32) and data.augment is not None
+    assert data.input_shape == (3, 32, 32)
+    # each augmented image is the original shifted by up to 4 pixels in the zero-padded frame,
+    # mirrored or not (found by trying every shift and flip), and the draws follow the seed
+    x = data.train.x[:12].float() - 128
+    out = data.augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, data.augment(x, torch.Generator().manual_seed(0)))
+    padded = F.pad(x, (4, 4, 4, 4))
+    moves = []
+    for i in range(len(x)):
+        found = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                 if torch.equal(out[i], (padded[i, :, dy:dy + 32, dx:dx + 32].flip(-1) if flip
+                                         else padded[i, :, dy:dy + 32, dx:dx + 32]))]
+        assert found, f"image {i} is no shift or flip of its original"
+        moves.append(found[0])
+    assert len(set(moves)) > 1  # not one fixed transform
     np.testing.assert_array_equal(data.train.x.numpy(), written["train_x"])
     np.testing.assert_array_equal(data.test.y.numpy(), written["test_y"])
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import NO_LATENCY, ROOT
+from helpers import NO_LATENCY, ROOT
 
 # tiny: 256 generated 8x8 images; a global batch of 45 leaves a last batch of 31, split 16/15,
 # so the loss weighting of unequal parts is exercised; BatchNorm in the ResNet

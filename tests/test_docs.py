@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, ROOT, run_cli
+from helpers import BIN, ROOT, run_cli
 from omegaconf import OmegaConf
 
 from prunebench.config import reference, schema

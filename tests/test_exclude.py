@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import context
 from torch import nn
 
 from prunebench.config.errors import ConfigError
 from prunebench.models.mlp import MLP
 from prunebench.pruning.masks import Masks, prunable_weights, sparsity_report
-from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 
 
@@ -58,8 +58,7 @@ def test_exclude_at_neuron_granularity_keeps_every_unit():
     torch.manual_seed(0)
     model = MLP((64,), 10)  # 1.weight 64->256, 3.weight 256->128, 5.weight (classifier)
     x, y = torch.randn(32, 64), torch.randint(10, (32,))
-    ctx = PruneContext(lambda: iter([(x, y)]), nn.functional.cross_entropy, x.device,
-                       torch.Generator().manual_seed(0))
+    ctx = context([(x, y)])
     strategy = L1("l1", amount=0.5, granularity="neuron", exclude=["1"])
     masks = Masks(model, strategy.exclude)
     new = strategy.prune(model, masks.weights, masks.masks, ctx, 0.5)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from tiny_lm import corpus_and_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from tiny_lm import FAMILIES, corpus_and_tokenizer, save_family
 
 transformers = pytest.importorskip("transformers")

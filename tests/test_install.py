@@ -14,7 +14,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from conftest import ROOT
+import pytest
+from helpers import ROOT
 
 
 def sh(*args, cwd=None) -> str:
@@ -37,6 +38,7 @@ def skipped(folder: str, names: list[str]) -> set[str]:
     return out
 
 
+@pytest.mark.slow
 def test_wheel_install_runs_from_another_directory(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(ROOT, source, ignore=skipped)

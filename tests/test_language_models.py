@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from prunebench.data import text
 from prunebench.models.gpt import GPT

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import context
 from torch import nn
 
 from prunebench.pruning.masks import prunable_weights
@@ -38,11 +39,6 @@ def test_nm_keep_has_n_zeros_per_group_and_equals_brute_force(n, m, shape):
     zeros = (~keep).flatten(1).view(shape[0], -1, m).sum(-1)
     assert (zeros == n).all()
     assert torch.equal(keep, brute_nm(scores, n, m))
-
-
-def context(batches=(), seed=0) -> PruneContext:
-    return PruneContext(lambda: iter(batches), nn.functional.cross_entropy,
-                        torch.device("cpu"), torch.Generator().manual_seed(seed))
 
 
 def test_pattern_through_a_strategy_counts_pruned_weights_first_and_skips_odd_widths():
@@ -215,7 +211,7 @@ def test_sparsegpt_strategy_prunes_layers_in_sequence_to_the_target():
 
 
 def test_wanda_and_sparsegpt_prune_a_gpt_exactly_2_4_through_the_cli(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     corpus = tmp_path / "tiny.txt"
     corpus.write_text("the cat sat on the mat. a dog ran to the park! " * 60, encoding="utf-8")

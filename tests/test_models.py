@@ -9,9 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from datafiles import write_cifar, write_idx
-from hydra import compose, initialize_config_module
+from helpers import composed, run_cli
 from hydra.utils import instantiate
 
 from prunebench import build
@@ -42,8 +41,7 @@ def test_every_model_trains_on_every_image_dataset(model, dataset, data_root, mo
     MAC counts: input shape and classes come from the dataset. (In-process: VGG-16 and
     ResNet-18 cost seconds per step on 2 shared cores; the full CLI pipeline is below.)"""
     monkeypatch.setenv("PRUNEBENCH_DATA", str(data_root))
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", [f"model={model}", f"dataset={dataset}"])
+    cfg = composed([f"model={model}", f"dataset={dataset}"])
     data = build.dataset(cfg)
     # one step on 8 images (the generated files hold 8; digits and synthetic are cut to 8)
     data = replace(data, train=Split(data.train.x[:8], data.train.y[:8]),
@@ -96,8 +94,7 @@ PUBLISHED_PARAMS = [  # (model config, overrides, input shape, parameters in the
 
 @pytest.mark.parametrize("config, overrides, shape, params", PUBLISHED_PARAMS)
 def test_parameter_counts_match_the_papers(config, overrides, shape, params):
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", [f"model={config}", *overrides])
+    cfg = composed([f"model={config}", *overrides])
     model = instantiate(cfg.model, input_shape=shape, num_classes=10)
     assert sum(p.numel() for p in model.parameters()) == params
 
@@ -105,8 +102,7 @@ def test_parameter_counts_match_the_papers(config, overrides, shape, params):
 @pytest.mark.parametrize("config", [m for m in available("model")
                                     if m not in ("gpt", "hf")])  # LMs: test_language_models
 def test_every_model_config_builds_on_8x8_and_32x32(config):
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", [f"model={config}"])
+    cfg = composed([f"model={config}"])
     for shape in ((1, 8, 8), (3, 32, 32)):
         model = instantiate(cfg.model, input_shape=shape, num_classes=7)
         assert model(torch.zeros(2, *shape)).shape == (2, 7)

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from helpers import composed
 from torch import nn
 
 from prunebench import build
@@ -20,8 +20,7 @@ schema.register()
 
 
 def optimizer_config(*overrides: str):
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return composed(overrides)
 
 
 def reference_settings(name: str) -> dict:

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from prunebench.config.errors import ConfigError
 from prunebench.data import digits

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 # keeps the weights whose magnitude is nearest `center` (its own key): a ranking no built-in
 # criterion makes, so the masks below can only come from this module

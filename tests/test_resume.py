@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import BIN
+from helpers import BIN
 
 # slow enough to be caught mid-phase: many small steps per epoch, one thread, and epochs left
 # after the first (a phase of one fast epoch can end before the signal lands)
@@ -48,6 +48,7 @@ def wait_for_state(run, phase: str, fit: int, proc, timeout: float = 300) -> Non
     raise TimeoutError(f"no {phase} state in call {fit}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, phase, fit, schedule", [
     (signal.SIGTERM, "finetune", 0, []),
     (signal.SIGINT, "train", 0, []),

@@ -8,8 +8,7 @@ from copy import deepcopy as copy_module
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, checkpoint_accuracy, run_cli
-from hydra import compose, initialize_config_module
+from helpers import ROOT, SYNTHETIC, checkpoint_accuracy, composed, run_cli
 from torch.nn.utils import parametrize
 
 from prunebench import build
@@ -20,9 +19,7 @@ from prunebench.schedules.dynamic import Dynamic, attach, regrow
 from prunebench.schedules.gradual import cubic_sparsity
 from prunebench.schedules.iterative import geometric_path
 
-# synthetic data: 512 training images, batch 64 -> 8 steps per epoch
-SYNTHETIC = ["dataset=synthetic", "train.batch_size=64", "train.threads=1"]
-STEPS_PER_EPOCH = 8
+STEPS_PER_EPOCH = 8  # helpers.SYNTHETIC: 512 training images, batch 64
 PARAMS = 64 * 256 + 256 * 128 + 128 * 4  # prunable weights of the default mlp on 1x8x8 -> 4
 
 
@@ -91,8 +88,7 @@ def test_iterative_rounds_follow_the_geometric_path_and_rewind_to_init(cli, tmp_
     assert len(results["history"]["finetune"]) == rounds
 
     # rewinding: the 'pruned' checkpoint holds the initial weights where they survive
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", SYNTHETIC)
+    cfg = composed(SYNTHETIC)
     torch.manual_seed(cfg.seed)
     init = build.model(cfg, build.dataset(cfg)).state_dict()
     pruned = torch.load(out / "checkpoints" / "pruned.pt", weights_only=True)
@@ -104,6 +100,7 @@ def test_iterative_rounds_follow_the_geometric_path_and_rewind_to_init(cli, tmp_
             assert torch.equal(value, init[name]), name
 
 
+@pytest.mark.slow
 def test_rewind_to_epoch_k_and_bad_rewind(cli, tmp_path):
     results, _ = cli([*SYNTHETIC, "schedule=iterative", "schedule.rounds=2",
                       "schedule.rewind=epoch_1", "strategy.amount=0.5"])
@@ -115,8 +112,7 @@ def test_rewind_to_epoch_k_and_bad_rewind(cli, tmp_path):
 
 
 def make_session(tmp_path, overrides: list[str]) -> Session:
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", [*SYNTHETIC, *overrides])
+    cfg = composed([*SYNTHETIC, *overrides])
     data = build.dataset(cfg)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data)

@@ -6,24 +6,13 @@ import itertools
 
 import pytest
 import torch
+from helpers import context, tiny_layers
 from torch import nn
 from torch.nn.utils import prune
 
 from prunebench.pruning.masks import prunable_weights
-from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.selection import bottom_k, select_by_amount
-
-
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Conv1d(1, 3, 3), nn.Flatten(),
-                         nn.Linear(9, 4))
-
-
-def context() -> PruneContext:
-    return PruneContext(lambda: iter(()), nn.functional.cross_entropy, torch.device("cpu"),
-                        torch.Generator().manual_seed(0))
 
 
 def l1_masks(model, amount, scope="global"):
@@ -34,7 +23,7 @@ def l1_masks(model, amount, scope="global"):
 
 @pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.9, 0.99])
 def test_global_l1_matches_brute_force_and_torch_prune(amount):
-    model = tiny_net()
+    model = tiny_layers()
     ours = l1_masks(model, amount)
 
     # brute force: rank every weight by |w| with a plain Python sort
@@ -49,7 +38,7 @@ def test_global_l1_matches_brute_force_and_torch_prune(amount):
         assert torch.equal(ours[name], expected), name
 
     # torch.nn.utils.prune's global_unstructured L1 on the same weights
-    reference = tiny_net()
+    reference = tiny_layers()
     modules = [(m, "weight") for m in reference.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
     prune.global_unstructured(modules, pruning_method=prune.L1Unstructured, amount=amount)
     for (module, _), name in zip(modules, weights, strict=False):
@@ -57,7 +46,7 @@ def test_global_l1_matches_brute_force_and_torch_prune(amount):
 
 
 def test_layer_scope_hits_target_in_every_layer():
-    model = tiny_net()
+    model = tiny_layers()
     for amount in (0.25, 0.5, 0.8):
         masks = l1_masks(model, amount, scope="layer")
         for name, mask in masks.items():
@@ -65,7 +54,7 @@ def test_layer_scope_hits_target_in_every_layer():
 
 
 def test_threshold_prunes_exactly_scores_below_it():
-    model = tiny_net()
+    model = tiny_layers()
     weights = prunable_weights(model)
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
     threshold = 0.15
@@ -75,7 +64,7 @@ def test_threshold_prunes_exactly_scores_below_it():
 
 
 def test_already_pruned_weights_stay_pruned_and_count_toward_target():
-    model = tiny_net()
+    model = tiny_layers()
     weights = prunable_weights(model)
     first = l1_masks(model, 0.5)
     second = L1("l1", amount=0.8).prune(model, weights, first, context(), 0.8)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 from torch.nn.utils import prune
 
 from prunebench.data.digits import load as load_digits
 from prunebench.models.mlp import MLP
-from tests.conftest import run_cli
 
 
 def test_sensitivity_matches_pruning_by_hand_and_reuses_the_dense_model(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from torch import nn
 
 from prunebench.config.errors import ConfigError

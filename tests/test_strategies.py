@@ -8,7 +8,7 @@ import csv
 import json
 
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
 TINY = ["train.epochs=1", "finetune.epochs=0", "train.threads=1"]  # strategy keys: defaults

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from helpers import ROOT, composed, context
 from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -22,7 +22,6 @@ from prunebench.data import batches
 from prunebench.pruning import compact
 from prunebench.pruning.masks import Masks
 from prunebench.pruning.units import find_units
-from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.l2 import L2
 
@@ -66,16 +65,16 @@ def ready(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def context(n_batches: int = 2) -> PruneContext:
+def image_batches(count: int = 2) -> list:
     gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))
-            for _ in range(n_batches)]
-    return PruneContext(lambda: iter(data), F.cross_entropy, torch.device("cpu"), gen)
+    return [(torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))
+            for _ in range(count)]
 
 
 def prune_units(model: nn.Module, strategy, amount: float | None) -> Masks:
     masks = Masks(model)
-    masks.update(strategy.prune(model, masks.weights, masks.masks, context(), amount))
+    ctx = context(image_batches())
+    masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, amount))
     masks.apply()
     return masks
 
@@ -211,11 +210,11 @@ def test_unit_selection_equals_torch_ln_structured(norm):
 def test_l2_unit_scores_are_row_norms():
     model = conv_net()
     weights = {n: m.weight for n, m in (("0.weight", model[0]), ("7.weight", model[7]))}
-    scores = L2(name="l2", norm=2).score_units(weights, context())
+    scores = L2(name="l2", norm=2).score_units(weights, context(image_batches()))
     for name, w in weights.items():
         rows = torch.stack([torch.sqrt((r.double() ** 2).sum()) for r in w.detach()])
         torch.testing.assert_close(scores[name].double(), rows)
-    scores = L2(name="l2", norm=1).score_units(weights, context())
+    scores = L2(name="l2", norm=1).score_units(weights, context(image_batches()))
     torch.testing.assert_close(scores["7.weight"], weights["7.weight"].abs().sum(1))
 
 
@@ -254,7 +253,8 @@ def test_iterative_unit_pruning_keeps_removed_units():
     strategy = l1_units(scope="layer")
     masks = Masks(model)
     for amount in (0.25, 0.5):
-        masks.update(strategy.prune(model, masks.weights, masks.masks, context(), amount))
+        ctx = context(image_batches())
+        masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, amount))
         masks.apply()
     first = (model[3].weight.flatten(1) == 0).all(1)
     assert int(first.sum()) == 4  # half of 8, the earlier quarter included
@@ -306,10 +306,8 @@ def test_cli_l2_writes_compact_model_that_loads_and_matches(cli):
 def test_compaction_on_the_project_models(name):
     if not (ROOT / "conf" / "model" / f"{name}.yaml").exists():
         pytest.skip(f"model {name} not in this checkout")
-    from hydra import compose, initialize_config_module
 
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}"])
+    cfg = composed([f"model={name}"])
     shape = (1, 8, 8)
     data = SimpleNamespace(input_shape=shape, num_classes=10)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import time
 from contextlib import closing
 
 import optuna
-from conftest import BIN
+from helpers import BIN
 
 
 def completed(db) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from conftest import run_cli
+from helpers import run_cli
 from rich.cells import cell_len
 from rich.console import Console
 

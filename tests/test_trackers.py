@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import BIN, run_cli
+from helpers import BIN, run_cli
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")

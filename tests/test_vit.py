@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from helpers import composed
 
 from prunebench import runner
 from prunebench.cli import available
@@ -35,8 +35,7 @@ CASES = ([[f"strategy={s}", "strategy.granularity=weight", *CHEAP.get(s, [])]
 
 @pytest.mark.parametrize("overrides", CASES, ids=lambda o: " ".join(o))
 def test_every_criterion_and_schedule_prunes_a_vit(overrides, tmp_path):
-    with initialize_config_module("prunebench.conf", version_base="1.3"):
-        cfg = compose("config", TINY + overrides)
+    cfg = composed(TINY + overrides)
     results = runner.run(cfg, tmp_path)
     assert results["status"] == "ok"
     names = [layer["name"] for layer in results["final"]["layers"]]
