@@ -8,7 +8,11 @@ import json
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import composed, context, run_cli, tiny_net
+
+from prunebench import build
+from prunebench.pruning.masks import prunable_weights
+from prunebench.strategies.allocation import ALLOCATIONS
 
 # keeps the weights whose magnitude is nearest `center` (its own key): a ranking no built-in
 # criterion makes, so the masks below can only come from this module
@@ -73,3 +77,46 @@ def test_a_criterion_from_outside_runs_and_checks_its_own_key(tmp_path):
     assert bad.returncode != 0 and lines == [
         "prunebench: error: strategy.center=-1 is invalid: allowed a number >= 0"], bad.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()  # stopped before any work
+
+
+# a criterion that is a score() and nothing else: selection, allocation and N:M patterns are
+# the base class's business
+SCORE_ONLY = '''
+from prunebench.strategies.base import Strategy
+
+
+class Magnitude(Strategy):
+    def score(self, weights, ctx):
+        return {n: w.abs() for n, w in weights.items()}
+'''
+
+
+@pytest.mark.parametrize("selection", [*[[f"strategy.allocation={a}"] for a in ALLOCATIONS],
+                                       ["strategy.pattern=2:4"]],
+                         ids=[*ALLOCATIONS, "2:4"])
+def test_a_score_only_criterion_works_with_every_allocation_and_pattern(tmp_path, monkeypatch,
+                                                                        selection):
+    """Written to a temporary folder, found through its YAML: the masks equal those of the
+    built-in magnitude criterion (the same scores) under each allocation and 2:4."""
+    (tmp_path / "score_only.py").write_text(SCORE_ONLY)
+    (tmp_path / "conf" / "strategy").mkdir(parents=True)
+    (tmp_path / "conf" / "strategy" / "magnitude.yaml").write_text(
+        "_target_: score_only.Magnitude\nname: magnitude\namount: 0.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    masks = {}
+    for strategy in ("magnitude", "l1"):
+        cfg = composed([searchpath, f"strategy={strategy}", "strategy.amount=0.5", *selection])
+        criterion = build.strategy(cfg)
+        model = tiny_net()
+        batches = [(torch.randn(16, 6, generator=torch.Generator().manual_seed(1)),
+                    torch.randint(0, 3, (16,)))]
+        weights = prunable_weights(model)
+        ctx = context(batches, model)
+        masks[strategy] = criterion.prune(model, weights, ctx.masks, ctx, 0.5)
+    assert type(criterion).__name__ == "L1"
+    assert masks["magnitude"].keys() == masks["l1"].keys()
+    assert all(torch.equal(masks["magnitude"][n], masks["l1"][n]) for n in masks["l1"])
+    kept = sum(int(m.sum()) for m in masks["l1"].values())
+    total = sum(m.numel() for m in masks["l1"].values())
+    assert kept < total  # something was pruned
