@@ -45,8 +45,6 @@ def shared_layers(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
 def check_exclude(model: nn.Module, exclude: Iterable[str]) -> None:
     """Raise ConfigError on a `strategy.exclude` pattern that matches no Linear or Conv layer:
     a typo there would leave every layer pruned while the config says one was kept dense."""
-    from prunebench.config.errors import ConfigError
-
     names = [name for names, _ in shared_layers(model) for name in names]
     for pattern in exclude:
         if not any(is_dense(name, [re.compile(pattern)]) for name in names):
