@@ -157,6 +157,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
         "history": {"train": dense["history"], **recorded["history"]},
         "gradients": progress.gradients(),
         "cache": {"hit": progress.cache_hit, "dense_train_s": dense["train_s"]},
+        **({"protocol": data.protocol} if data.protocol else {}),  # a language model's eval
         "ranks": distributed.world(),  # processes the run trained on (torchrun, Slurm tasks)
         **({"checkpoint": dense["checkpoint"]} if "checkpoint" in dense else {}),
     }

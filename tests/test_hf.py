@@ -72,6 +72,10 @@ def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
             losses.append(model(input_ids=window, labels=window).loss.item())
     assert results["dense"]["perplexity"] == pytest.approx(
         math.exp(sum(losses) / len(losses)), rel=1e-4)
+    protocol = results["protocol"]  # the windows scored, as counted here
+    assert (protocol["split"], protocol["seq_len"], protocol["overlapping"]) == ("test", 32, False)
+    assert protocol["windows"] == len(losses) and protocol["tokens_scored"] == 32 * len(losses)
+    assert protocol["tokenizer"] == str(folder) and str(corpus) in protocol["text"]
 
 
 def test_hf_neuron_pruning_removes_mlp_units_and_keeps_qkv_whole(tmp_path, tiny):

@@ -61,6 +61,8 @@ class Dataset:
     # "classify": x are images, y labels; "lm": x are token windows [N, T] (input_shape (T,),
     # num_classes the vocabulary), y the next tokens, served as they are (data/text.py)
     task: str = "classify"
+    # how a language model is judged (data/text.py), recorded in results.json as `protocol`
+    protocol: dict | None = None
 
     @property
     def input_dtype(self) -> torch.dtype:

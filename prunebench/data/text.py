@@ -38,19 +38,27 @@ def load(name: str = "text", path: str | None = None, seq_len: int = 128,
              "test": tokens[n_train + n_val:]}
     log.info("text: %s tokens (vocabulary %d): %d train, %d validation, %d test",
              f"{len(tokens):,}", vocab, n_train, n_val, len(tokens) - n_train - n_val)
-    return token_dataset(name, parts, seq_len, vocab)
+    source = f"{path or FORTUNES}, cut {1 - val_fraction - test_fraction:g} / {val_fraction:g} / " \
+        f"{test_fraction:g} into train / validation / test"
+    return token_dataset(name, parts, seq_len, vocab, source, tokenizer)
 
 
-def token_dataset(name: str, parts: dict[str, Tensor], seq_len: int, vocab: int) -> Dataset:
+def token_dataset(name: str, parts: dict[str, Tensor], seq_len: int, vocab: int,
+                  source: str = "", tokenizer: str = "bytes") -> Dataset:
     splits = {k: windows(v, seq_len) for k, v in parts.items() if len(v)}
     for split in ("train", "test"):
         if split not in splits or len(splits[split]) == 0:
             raise ConfigError(f"dataset.seq_len={seq_len} is too long: the {split} split has "
                               f"{len(parts.get(split, []))} tokens, fewer than seq_len + 1")
     val = splits.get("val")
+    protocol = {"text": source, "tokenizer": tokenizer, "split": "test", "seq_len": seq_len,
+                "windows": len(splits["test"]), "overlapping": False,
+                "tokens_scored": len(splits["test"]) * seq_len,
+                "perplexity": "exp of the mean next-token cross-entropy over every token of "
+                              "the test windows"}
     return Dataset(name, splits["train"], splits["test"], val if val and len(val) else None,
                    (seq_len,), vocab, mean=torch.zeros(1), std=torch.ones(1), scale=1.0,
-                   task="lm")
+                   task="lm", protocol=protocol)
 
 
 def windows(tokens: Tensor, seq_len: int) -> Split:
@@ -118,4 +126,5 @@ def load_wikitext2(name: str = "wikitext2", seq_len: int = 128,
     parts, vocab = {}, 256
     for split, ours in (("train", "train"), ("validation", "val"), ("test", "test")):
         parts[ours], vocab = tokenize("\n\n".join(raw[split]["text"]), tokenizer)
-    return token_dataset(name, parts, seq_len, vocab)
+    return token_dataset(name, parts, seq_len, vocab, f"wikitext/{config} through datasets, "
+                         "each split joined with blank lines", tokenizer)
