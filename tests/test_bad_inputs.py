@@ -261,6 +261,16 @@ NEW_KEYS = [  # keys this round added: Hugging Face models, image folders, check
          also="finite"),
     Case("checkpoint-missing", ["dense.checkpoint=/nonexistent/dense.pt"], "dense.checkpoint",
          also="no such file"),
+    Case("eval-tasks-string", ["eval.tasks=boolq"], "eval.tasks=boolq"),
+    Case("eval-tasks-not-hf", ["eval.tasks=[boolq]"], "eval.tasks", also="needs model=hf",
+         into="fresh"),
+    Case("eval-limit-zero", ["eval.limit=0"], "eval.limit=0", into="fresh"),
+    Case("eval-include-missing", ["eval.include_path=/nonexistent"], "eval.include_path",
+         also="not a folder", into="fresh"),
+    Case("calibration-samples-zero", ["calibration.samples=0"], "calibration.samples=0"),
+    Case("calibration-samples-nan", ["calibration.samples=nan"], "calibration.samples=nan"),
+    Case("calibration-typo", ["+calibration.sampels=3"], "calibration.sampels",
+         also="calibration.samples"),
 ]
 # the value checks run in-process below (test_bad_value_is_one_line_naming_the_key); a sample
 # of them also goes through the real CLI, with the finished folder checked untouched

@@ -63,6 +63,8 @@ def check(cfg: DictConfig, sets_own_sparsity: Callable[[], bool]) -> None:
     checkpoint = _get(cfg, "dense.checkpoint")  # read once the model is built: said now
     if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
         raise ConfigError(f"dense.checkpoint={checkpoint}: no such file")
+    _number(cfg, "calibration.samples", low=1, integer=True, optional=True,
+            allowed="null or an integer >= 1")
     _number(cfg, "train.threads", low=1, integer=True, optional=True,
             allowed="an integer >= 1, or null for torch's default")
     if _get(cfg, "objective") is not None:  # the sweep's number, read after the run
