@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench import build, distributed
+from prunebench import build, compress, distributed
 from prunebench.config import inputs
 from prunebench.config.errors import ConfigError
 from prunebench.data import batches, steps_per_epoch
@@ -51,6 +51,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         build.check(cfg)
         export.check(cfg)
         zero_shot.check(cfg)
+        compress.check(cfg)
         finished = state.open(cfg.resume, out_dir / "results.json")
         if finished is not None and state.after_training_changed(finished):
             write = False  # until the steps are done again, the finished results stay as they are
@@ -139,6 +140,8 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     session.replay.check_done()
     session.record("final")
     extra = {"allocation": allocation.summary(strategy, session.masks.masks)}
+    if compress.wanted(cfg):  # quantized phase (+ the compressed file): the model shipped
+        extra |= compress.run(cfg, session, dense["state_dict"], out_dir)
     # the controls train on every rank; what follows measures and writes, on rank 0 alone
     extra |= controls.run_all(cfg, data, dense["state_dict"], session, out_dir)
     if not distributed.is_main():

@@ -143,6 +143,22 @@ class Export:
     sparse: bool = key(False, "checkpoints/final_sparse.pt: prunable weights as CSR parts")
     hf: bool = key(False, "model=hf: hf/ in the run folder, save_pretrained's format "
                           "(safetensors, config, tokenizer), checked by from_pretrained")
+    compressed: bool = key(False, "checkpoints/final.pbz: the pruned, quantized model, "
+                                  "entropy-coded, its bytes in results.json (needs "
+                                  "compress.quantize; docs/compression.md)")
+
+
+@dataclass
+class Compress:
+    """Quantization after fine-tuning and the compressed file (prunebench/compress/)."""
+
+    quantize: str = key("none", "none | int8 (symmetric per output channel) | kmeans (weight "
+                                "sharing): the `quantized` phase after final")
+    bits: int = key(8, "kmeans: 2^bits shared values per layer (1..16); int8: 8")
+    finetune_epochs: int = key(0, "epochs training the shared values, masks and cluster "
+                                  "assignment fixed")
+    index_bits: int | None = key(None, "width of the relative positions in the compressed "
+                                       "file; null: per layer, the width that makes it smallest")
 
 
 @dataclass
@@ -201,6 +217,7 @@ class Config:
     baseline: Baseline = node(Baseline, "controls trained next to the run (pruning/controls.py)")
     export: Export = node(Export, "files written from the final model")
     inference: Inference = node(Inference, "latency of the final model")
+    compress: Compress = node(Compress, "quantization after pruning (prunebench/compress/)")
     objective: Objective = node(Objective, "the number a run returns to a sweeper")
     eval: Eval = node(Eval, "zero-shot tasks beside perplexity (lm-evaluation-harness)")
     calibration: Calibration = node(Calibration, "the calibration draw of data-driven "

@@ -31,7 +31,8 @@ METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "spa
            "random_p", "shuffled_p", "reinit_p", "random_p_adj", "shuffled_p_adj",
            "reinit_p_adj",
            "grad_max", "clipped",
-           "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl")
+           "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl",
+           "quantized_acc", "quantized_ppl")
 BUDGET = ("finetune_epochs", "finetune_steps")
 CONTROLS = ("random", "shuffled", "reinit")  # <control>_final_acc -> <control>_p
 # every paired test a table carries, and where its Benjamini-Hochberg adjusted p-value goes

@@ -68,6 +68,9 @@ PERPLEXITY = [
     ("delta_ppl", "Δ ppl vs dense", "{:+.3f}"),
 ]
 OPTIONAL = [
+    # compress.quantize: the quantized phase after final (prunebench/compress/)
+    ("quantized_acc", "quantized acc", "{:.4f}"),
+    ("quantized_ppl", "quantized ppl", "{:.3f}"),
     ("random_final_acc", "random same density", "{:.4f}"),
     ("random_final_ppl", "random same density ppl", "{:.3f}"),
     ("gain_vs_random", "gain vs random", "{:+.4f}"),
@@ -90,7 +93,7 @@ OPTIONAL = [
 # the metrics the terminal's table may show, most wanted first: ALWAYS_SHOWN's always, the
 # others while the console is wide enough (table.show)
 TERMINAL = ("final_acc", "final_ppl", "delta_acc", "delta_ppl", "sparsity", "speedup",
-            "sparsity_all", "random_final_acc", "random_final_ppl", "shuffled_final_acc",
+            "quantized_acc", "quantized_ppl", "sparsity_all", "random_final_acc", "random_final_ppl", "shuffled_final_acc",
             "shuffled_p",
             "reinit_final_acc", "reinit_p", "effective_flops", "prune_s", "finetune_epochs",
             "prune_peak_mb", "latency_ms")
@@ -144,6 +147,8 @@ def row(results: dict, run: str) -> dict:
         "final_ppl": final_ppl,
         "delta_ppl": _diff(final_ppl, dense_ppl),
         "random_final_ppl": _get(results, "baseline", "final", "perplexity"),
+        "quantized_acc": _get(results, "quantized", "accuracy"),
+        "quantized_ppl": _get(results, "quantized", "perplexity"),
         "sparsity": sparsity,
         "sparsity_all": sparsity_over_all_prunable(results),
         "compression": 1 / (1 - sparsity) if sparsity is not None and sparsity < 1 else None,
@@ -197,6 +202,10 @@ def gradient_health(gradients: dict) -> dict:
 
 def _diff(a, b):
     return a - b if a is not None and b is not None else None
+
+
+def _sum(a, b):
+    return a + b if a is not None and b is not None else None
 
 
 def _latency(compact, which: str):
@@ -598,7 +607,9 @@ def show_run(results: dict) -> None:
     """One run: a row per phase (dense, pruned, final) and the time each took."""
     timing = results.get("timing", {})
     seconds = {"dense": timing.get("train_s"), "pruned": timing.get("prune_s"),
-               "final": timing.get("finetune_s")}
+               "final": timing.get("finetune_s"),
+               "quantized": _sum(_get(results, "compress", "quantize_s"),
+                                 _get(results, "compress", "finetune_s"))}
     latency = results.get("latency") or {}
     speed = measured_speed(latency)
     one = {"n": 1, **{k: speed[k] for k in ("speedup_form", "speedup_significant")},
@@ -615,7 +626,7 @@ def show_run(results: dict) -> None:
                    "nonzero / params", "time s"):
         table.add_column(header, justify="left" if header == "phase" else "right")
     fmt = "{:.3f}" if judged == "perplexity" else "{:.4f}"
-    for phase in ("dense", "pruned", "final"):
+    for phase in ("dense", "pruned", "final", "quantized"):
         m = results.get(phase)
         if not m:
             continue
