@@ -93,3 +93,96 @@ def test_bad_compress_settings_end_with_one_line(tmp_path, args, line):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("prunebench: error:") and line in last, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- the compressed file (export.compressed) -------------------------------------------------
+
+FILE_RUN = [*PRUNE, "compress.quantize=kmeans", "compress.bits=3", "export.compressed=true"]
+
+
+def test_relative_positions_with_fillers_round_trip():
+    from prunebench.compress import file
+
+    positions = np.sort(np.random.default_rng(0).choice(5000, 300, replace=False))
+    entries = file.gaps(positions, 3)  # gaps of 7 or more need fillers
+    g = np.diff(positions, prepend=-1) - 1
+    assert len(entries) == len(positions) + int((g // 7).sum())
+    assert entries.max() <= 7
+    assert np.array_equal(file.positions_of(entries, 3), positions)
+    assert np.array_equal(file.unpack_bits(file.pack_bits(entries, 3), 3, len(entries)), entries)
+
+
+def test_compressed_file_loads_to_the_quantized_model(cli):
+    from omegaconf import OmegaConf
+
+    from prunebench import build, compress
+    from prunebench.compress import file
+    from prunebench.data import batches
+
+    results, out = cli(FILE_RUN)
+    path = out / "checkpoints" / "final.pbz"
+    size = results["size"]
+    assert path.stat().st_size == size["compressed_bytes"]
+    assert size["final_pt_bytes"] == (out / "checkpoints" / "final.pt").stat().st_size
+    cfg = OmegaConf.create(results["config"])
+    data = build.dataset(cfg)
+    quantized = build.model(cfg, data)
+    quantized.load_state_dict(torch.load(out / "checkpoints" / "quantized.pt", weights_only=True))
+    dense_bytes = sum(v.numel() * 4 for v in quantized.state_dict().values())
+    assert size["dense_bytes"] == dense_bytes
+    assert size["ratio"] == pytest.approx(dense_bytes / path.stat().st_size)
+    assert size["compressed_bytes"] == min(size["coders"].values())
+    loaded = compress.load(path, cfg).eval()
+    x = next(batches(data, data.test, 256))[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), quantized.eval()(x))
+    # every coder writes a file that reads back to the same tensors
+    manifest, state = file.read(path)
+    layers = [file.Quantized(n, "kmeans", tuple(w.shape), w.flatten().nonzero().flatten(),
+                             *_codes(w)) for n, w in prunable(state).items()]
+    for coder in file.CODERS:
+        blob, _ = file.encode(state, layers, None, {}, coders=(coder,))
+        (out / f"{coder}.pbz").write_bytes(blob)
+        again = file.read(out / f"{coder}.pbz")[1]
+        assert all(torch.equal(again[k], v) for k, v in state.items()), coder
+    # the tables show the file's size and ratio
+    from prunebench.results import table
+
+    row = table.row(results, "run")
+    assert row["size_kb"] == pytest.approx(path.stat().st_size / 1000)
+    assert row["compression_x"] == pytest.approx(size["ratio"])
+
+
+def _codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, table) of a layer whose nonzeros already take few values."""
+    table, codes = w[w != 0].unique(return_inverse=True)
+    padded = torch.cat([table, table.new_zeros(8 - len(table))])  # 2^3 entries
+    return codes, padded
+
+
+def test_truncated_or_foreign_compressed_file_ends_with_one_line(cli, tmp_path):
+    _, out = cli(FILE_RUN)
+    path = out / "checkpoints" / "final.pbz"
+    truncated = tmp_path / "truncated.pbz"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    for args, line in [
+        ([f"dense.checkpoint={truncated}"], "truncated or corrupt"),
+        ([f"dense.checkpoint={path}", "model=lenet300"], "does not fit model"),
+    ]:
+        proc = run_cli([f"hydra.run.dir={tmp_path / 'again'}", "finetune.epochs=0", *args],
+                       tmp_path, check=False)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and last.startswith("prunebench: error:"), proc.stderr
+        assert line in last and "Traceback" not in proc.stderr, last
+    # the Python loader says the same in one line
+    from omegaconf import OmegaConf
+
+    from prunebench import compress
+    from prunebench.config.errors import ConfigError
+
+    cfg = OmegaConf.create({"model": {"_target_": "prunebench.models.mlp.MLP", "name": "mlp",
+                                      "hidden": [7]}})
+    with pytest.raises(ConfigError, match="written from another model"):
+        compress.load(path, cfg)
+    with pytest.raises(ConfigError, match="truncated or corrupt"):
+        compress.load(truncated, cfg)

@@ -96,4 +96,83 @@ def run(cfg: DictConfig, session, dense_state: dict, out_dir) -> dict:
                         for q in layers],
              "quantize_s": quantize_s, "finetune_s": finetune_s, "peak_mb": used["peak_mb"],
              "history": history}
-    return {"compress": block}
+    out = {"compress": block}
+    if _get(cfg, "export.compressed", False):
+        out["size"] = export(cfg, session, layers, dense_state, out_dir)
+    return out
+
+
+def export(cfg: DictConfig, session, layers: list, dense_state: dict, out_dir) -> dict:
+    """Write checkpoints/final.pbz, load it back and compare its outputs with the quantized
+    model's; returns results.json's `size` block (bytes of each form, the ratio, the split)."""
+    from pathlib import Path
+
+    import torch
+
+    from prunebench.compress import file
+    from prunebench.data import batches
+    from prunebench.runstate import files
+
+    start = time.perf_counter()
+    folder = Path(out_dir) / "checkpoints"
+    state = {k: v.detach().cpu() for k, v in session.model.state_dict().items()}
+    blob, sizes = file.encode(state, layers, _get(cfg, "compress.index_bits"),
+                              {"model": cfg.model.name,
+                               "input_shape": list(session.data.input_shape),
+                               "num_classes": session.data.num_classes})
+    path = folder / FILE
+    files.write_bytes(path, blob)
+    encode_s = time.perf_counter() - start
+    loaded = load(path, cfg).to(session.data.test.x.device).eval()
+    x = next(batches(session.data, session.data.test, 64))[0]
+    session.model.eval()
+    with torch.no_grad():
+        diff = float((loaded(x) - session.model(x)).abs().max())
+    dense_bytes = state_bytes(dense_state)
+    size = {"file": f"checkpoints/{FILE}", "dense_bytes": dense_bytes,
+            "dense_pt_bytes": (folder / "dense.pt").stat().st_size,
+            "final_pt_bytes": (folder / "final.pt").stat().st_size,
+            "compressed_bytes": len(blob), "ratio": dense_bytes / len(blob),
+            "stages": {"dense": dense_bytes, "pruned": sizes["pruned_bytes"],
+                       "quantized": sizes["quantized_bytes"], "coded": len(blob)},
+            "coders": sizes["coders"], "coder": sizes["coder"], "max_abs_diff": diff,
+            "encode_s": encode_s, "verify_s": time.perf_counter() - start - encode_s}
+    log.info("compressed: %s, %s bytes (%s), %.1fx smaller than the dense fp32 state_dict "
+             "(%s bytes); max |loaded - quantized| %.3g", size["file"], f"{len(blob):,}",
+             sizes["coder"], size["ratio"], f"{dense_bytes:,}", diff)
+    return size
+
+
+FILE = "final.pbz"
+
+
+def state_bytes(state: dict) -> int:
+    """Bytes of a state_dict's tensors, each storage counted once (tied weights)."""
+    seen = {}
+    for t in state.values():
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())] = \
+            t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def load(path, cfg: DictConfig):
+    """The model a compressed file holds, built from `cfg`'s model node; ConfigError (one line
+    naming the file) when the file is truncated, corrupt or written from another model."""
+    from types import SimpleNamespace
+
+    from prunebench import build
+    from prunebench.compress import file
+
+    try:
+        manifest, state = file.read(path)
+    except (OSError, file.CompressedFileError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    shapes = SimpleNamespace(input_shape=tuple(manifest.get("input_shape", ())),
+                             num_classes=manifest.get("num_classes"))
+    model = build.model(cfg, shapes)
+    expected = {k: v for k, v in model.state_dict().items()}
+    if file.fingerprint(expected) != manifest.get("fingerprint"):
+        raise ConfigError(f"{path}: written from another model (its tensors do not match "
+                          f"model={cfg.model.name}'s names and shapes)")
+    model.load_state_dict(state)
+    return model

@@ -1,7 +1,8 @@
 """A trained model instead of dense training: `dense.checkpoint=PATH`.
 
 Reads what people have: a plain state_dict, a dict holding one under `state_dict`, `model` or
-`model_state_dict` (training scripts, PyTorch Lightning's `.ckpt`), or a `.safetensors` file.
+`model_state_dict` (training scripts, PyTorch Lightning's `.ckpt`), a `.safetensors` file, or
+a compressed model (`.pbz`, export.compressed).
 Pickles load with `weights_only=True`, so a checkpoint cannot run code. Keys carrying a wrapper's
 prefix (Lightning's `model.`, DataParallel's `module.`) are matched to the model without it. When
 more than one prefix holds a whole model (a LightningModule with `net` and a `teacher`), nothing
@@ -51,6 +52,10 @@ def read(path: Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        if path.suffix == ".pbz":  # export.compressed's file (prunebench/compress/file.py)
+            from prunebench.compress import file
+
+            return file.read(path)[1]
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle of arbitrary objects
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

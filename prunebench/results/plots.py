@@ -5,6 +5,8 @@
   match (literature.csv);
 - accuracy vs effective FLOPs, with the Pareto frontier marked (when runs report FLOPs);
 - accuracy vs measured latency (the fastest form's forward ms), with its Pareto frontier;
+- accuracy vs bytes: the accuracy of what ships (the quantized phase when there is one) against
+  the compressed file's size (export.compressed), with its Pareto frontier;
 - per-layer sparsity of each strategy at one target (the one nearest 0.9 by default).
 
 Language models are plotted by final test perplexity (lower is better) in place of accuracy.
@@ -157,6 +159,14 @@ def accuracy_vs_flops(groups: list[dict], model, dataset, path: Path) -> Path | 
     for g in groups:
         if _finite(g.get(f"final_{metric}_mean")) and _finite(g.get("effective_flops_mean")):
             points[label(g)].append((g["effective_flops_mean"], g[f"final_{metric}_mean"]))
+    return frontier_plot(points, metric, "effective MACs per example or window (zeros skipped)",
+                         f"{axis} (mean over seeds)",
+                         f"{model} on {dataset}: {axis.split()[2]} vs effective MACs", path)
+
+
+def frontier_plot(points: dict, metric: str, xlabel: str, ylabel: str, title: str,
+                  path: Path) -> Path | None:
+    """A scatter per label on a log x axis (less is better) with the Pareto frontier."""
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -167,9 +177,9 @@ def accuracy_vs_flops(groups: list[dict], model, dataset, path: Path) -> Path | 
     ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto frontier")
     ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=110, linewidths=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel("effective MACs per example or window (zeros skipped)")
-    ax.set_ylabel(f"{axis} (mean over seeds)")
-    ax.set_title(f"{model} on {dataset}: {axis.split()[2]} vs effective MACs")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
@@ -197,6 +207,20 @@ def accuracy_vs_latency(groups: list[dict], model, dataset, path: Path) -> Path 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def accuracy_vs_size(groups: list[dict], model, dataset, path: Path) -> Path | None:
+    """Accuracy (or perplexity) of the shipped model against the compressed file's KB."""
+    metric, axis = judged(groups)
+    points = defaultdict(list)
+    for g in groups:
+        value = g.get(f"quantized_{metric}_mean")
+        value = value if _finite(value) else g.get(f"final_{metric}_mean")
+        if _finite(value) and _finite(g.get("size_kb_mean")):
+            points[label(g)].append((g["size_kb_mean"], value))
+    return frontier_plot(points, metric, "compressed file, KB (export.compressed)",
+                         f"{axis.replace('final', 'shipped')} (mean over seeds)",
+                         f"{model} on {dataset}: {axis.split()[2]} vs bytes", path)
 
 
 def layer_sparsity(rows: list[dict], groups: list[dict], model, dataset, path: Path,
@@ -254,6 +278,7 @@ def _write_all(rows: list[dict], groups: list[dict], out_dir: Path) -> list[Path
         plots = [(accuracy_vs_sparsity, mine, "accuracy_sparsity"),
                  (accuracy_vs_flops, mine, "accuracy_flops"),
                  (accuracy_vs_latency, mine, "accuracy_latency"),
+                 (accuracy_vs_size, mine, "accuracy_size"),
                  (partial(layer_sparsity, my_rows), mine, "layer_sparsity")]
         for draw, groups_here, kind in plots:  # a plot that fails costs a warning, not the rest
             try:

@@ -32,7 +32,7 @@ METRICS = ("dense_acc", "pruned_acc", "final_acc", "delta_acc", "sparsity", "spa
            "reinit_p_adj",
            "grad_max", "clipped",
            "dense_ppl", "pruned_ppl", "final_ppl", "delta_ppl", "random_final_ppl",
-           "quantized_acc", "quantized_ppl")
+           "quantized_acc", "quantized_ppl", "size_kb", "compression_x")
 BUDGET = ("finetune_epochs", "finetune_steps")
 CONTROLS = ("random", "shuffled", "reinit")  # <control>_final_acc -> <control>_p
 # every paired test a table carries, and where its Benjamini-Hochberg adjusted p-value goes

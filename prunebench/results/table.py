@@ -50,6 +50,9 @@ ALWAYS = [
     ("delta_acc", "Δ vs dense", "{:+.4f}"),
     ("sparsity", "sparsity", "{:.4f}"),  # over the weights the run may prune (not excluded)
     ("compression", "compression", "{:.1f}x"),
+    # export.compressed: the file's bytes, and the dense fp32 state_dict's bytes over them
+    ("size_kb", "size KB", "{:.1f}"),
+    ("compression_x", "compression x", "{:.1f}x"),
     ("nonzero", "nonzero", "{:,.0f}"),
     ("flops", "dense MACs", "{:.3g}"),
     ("effective_flops", "eff. MACs", "{:.3g}"),
@@ -93,8 +96,8 @@ OPTIONAL = [
 # the metrics the terminal's table may show, most wanted first: ALWAYS_SHOWN's always, the
 # others while the console is wide enough (table.show)
 TERMINAL = ("final_acc", "final_ppl", "delta_acc", "delta_ppl", "sparsity", "speedup",
-            "quantized_acc", "quantized_ppl", "sparsity_all", "random_final_acc", "random_final_ppl", "shuffled_final_acc",
-            "shuffled_p",
+            "quantized_acc", "quantized_ppl", "size_kb", "compression_x", "sparsity_all",
+            "random_final_acc", "random_final_ppl", "shuffled_final_acc", "shuffled_p",
             "reinit_final_acc", "reinit_p", "effective_flops", "prune_s", "finetune_epochs",
             "prune_peak_mb", "latency_ms")
 ALWAYS_SHOWN = ("final_acc", "final_ppl", "delta_acc", "delta_ppl", "sparsity", "speedup")
@@ -147,6 +150,8 @@ def row(results: dict, run: str) -> dict:
         "final_ppl": final_ppl,
         "delta_ppl": _diff(final_ppl, dense_ppl),
         "random_final_ppl": _get(results, "baseline", "final", "perplexity"),
+        "size_kb": _kb(_get(results, "size", "compressed_bytes")),
+        "compression_x": _get(results, "size", "ratio"),
         "quantized_acc": _get(results, "quantized", "accuracy"),
         "quantized_ppl": _get(results, "quantized", "perplexity"),
         "sparsity": sparsity,
@@ -202,6 +207,10 @@ def gradient_health(gradients: dict) -> dict:
 
 def _diff(a, b):
     return a - b if a is not None and b is not None else None
+
+
+def _kb(size):
+    return size / 1000 if isinstance(size, (int, float)) else None
 
 
 def _sum(a, b):

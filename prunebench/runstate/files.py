@@ -92,6 +92,10 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch  # here, so that runstate/folder.py can use this module without torch
 
