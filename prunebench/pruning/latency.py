@@ -2,9 +2,12 @@
 
 Forms: `dense` (the trained dense weights), `masked` (the final model as trained: dense kernels
 over zeros), `sparse` (its CSR form, each layer's kernel picked by `inference.kernel`, see
-pruning/sparse.py) and `compact` (the physically smaller model, at granularity=neuron). Each
-is timed at batch 1 and batch 64 on real test inputs, at one thread and at the default thread
-count. `auto` picks kernels separately for each batch size and thread count.
+pruning/sparse.py) and `compact` (the physically smaller model, at granularity=neuron), and on
+CPU `int8` (the final model with torch's dynamic-int8 quantized Linear layers, torch.ao's
+quantize_dynamic, where this torch offers it: its own speedup against dense, never the
+deployed form's, since its outputs differ from the model's). Each is timed at batch 1 and batch
+64 on real test inputs, at one thread and at the default thread count. `auto` picks kernels
+separately for each batch size and thread count.
 
 The speedup is the *deployed* form against dense: the compact model at neuron granularity,
 else the sparse form with the kernels chosen. The masked form is recorded, never a speedup (it
@@ -25,6 +28,8 @@ calls of each form when they are long.
     latency.forms[form][batch_B][threads_T]   median ms per forward over the rounds
     latency.kernels[batch_B][threads_T]       per layer: kernel, density, dense_us, csr_us
     latency.speedups[batch_B][threads_T]      ratio, low, high (95%), significant, form, rounds
+    latency.int8_speedups[batch_B][threads_T] the `int8` form against dense, the same way
+    latency.int8_max_abs_diff                 largest |int8 - masked| output on the test batch
     latency.speedup (+ speedup_low, speedup_high, speedup_significant, speedup_form)
                                               the same at the largest batch and one thread
                                               (the most repeatable setting on a shared machine)
@@ -98,16 +103,19 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
     form, layers = sparse.sparse_form(masked)
     if small is not None:
         models["compact"] = small.to(device).eval()
+    int8 = dynamic_int8(masked) if device.type == "cpu" else None
+    if int8 is not None:
+        models["int8"] = int8
     x = x.to(device)
     threads = sorted({1, torch.get_num_threads()}) if device.type == "cpu" else [1]
     forms: dict[str, dict] = {}
-    kernels, speedups = {}, {}
+    kernels, speedups, int8_speedups = {}, {}, {}
     with steps("latency", len(batch_sizes) * len(threads)) as advance:
         for size in batch_sizes:
             xb = example_batch(x, size)
             inputs = sparse.layer_inputs(form, layers, xb)
             b = f"batch_{size}"
-            kernels[b], speedups[b] = {}, {}
+            kernels[b], speedups[b], int8_speedups[b] = {}, {}, {}
             for count in threads:
                 t = f"threads_{count}"
                 kernels[b][t] = sparse.choose(layers, inputs, kernel, count)
@@ -120,6 +128,8 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
                 for name, ms in rounds.items():
                     forms.setdefault(name, {}).setdefault(b, {})[t] = float(np.median(ms))
                 speedups[b][t] = paired_speedup(rounds, deployed_form(timed))
+                if int8 is not None:
+                    int8_speedups[b][t] = paired_speedup(rounds, "int8")
                 advance(1)
     diffs = sparse.max_diff(masked, form, layers, example_batch(x, max(batch_sizes)))
     at = (f"batch_{max(batch_sizes)}", "threads_1")
@@ -129,7 +139,27 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
             "speedup": headline["ratio"], "speedup_low": headline["low"],
             "speedup_high": headline["high"], "speedup_significant": headline["significant"],
             "speedup_form": headline["form"], "speedup_at": "/".join(at), **diffs,
+            **({"int8_speedups": int8_speedups, "int8_max_abs_diff": float(
+                (int8(x) - masked(x)).abs().max())} if int8 is not None else {}),
             "measure_s": time.perf_counter() - start}
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module | None:
+    """The model with torch's dynamic-int8 Linear (int8 weights, activations quantized per
+    batch), on CPU; None where this torch has no quantized engine. torch.ao.quantization is
+    deprecated upstream: its warnings are silenced here, its absence is not an error."""
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear},
+                                    dtype=torch.qint8)
+    except Exception as err:  # no engine, a removed API: the form is left out
+        log.info("latency: no dynamic-int8 form (%s)", type(err).__name__)
+        return None
 
 
 def deployed_form(timed: dict[str, nn.Module]) -> str:
