@@ -97,7 +97,8 @@ def test_bad_compress_settings_end_with_one_line(tmp_path, args, line):
 
 # ---- the compressed file (export.compressed) -------------------------------------------------
 
-FILE_RUN = [*PRUNE, "compress.quantize=kmeans", "compress.bits=3", "export.compressed=true"]
+FILE_RUN = [*PRUNE, "compress.quantize=kmeans", "compress.bits=3", "export.compressed=true",
+            "compress.finetune_epochs=1"]
 
 
 def test_relative_positions_with_fillers_round_trip():
@@ -186,3 +187,14 @@ def test_truncated_or_foreign_compressed_file_ends_with_one_line(cli, tmp_path):
         compress.load(path, cfg)
     with pytest.raises(ConfigError, match="truncated or corrupt"):
         compress.load(truncated, cfg)
+
+
+def test_latency_block_times_a_dynamic_int8_form(cli):
+    results, _ = cli([*PRUNE, "inference.measure=true", "compress.quantize=int8"])
+    latency = results["latency"]
+    assert set(latency["forms"]["int8"]) == {"batch_1", "batch_64"}
+    for by_threads in latency["int8_speedups"].values():
+        for s in by_threads.values():
+            assert s["form"] == "int8" and s["low"] <= s["ratio"] <= s["high"]
+    # int8 activations: close to the model's outputs, not equal to them
+    assert 0 < latency["int8_max_abs_diff"] < 0.5

@@ -89,7 +89,9 @@ def best_index_bits(positions: np.ndarray) -> int:
 # ---- sections --------------------------------------------------------------------------------
 
 def fingerprint(state: dict[str, Tensor]) -> str:
-    layout = [(k, list(v.shape), str(v.dtype)) for k, v in state.items()]
+    # sorted: the order of a module's parameters is not part of the model (removing a
+    # parametrization re-registers `weight` after `bias`)
+    layout = sorted((k, list(v.shape), str(v.dtype)) for k, v in state.items())
     return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
 
 
