@@ -198,3 +198,18 @@ def test_latency_block_times_a_dynamic_int8_form(cli):
             assert s["form"] == "int8" and s["low"] <= s["ratio"] <= s["high"]
     # int8 activations: close to the model's outputs, not equal to them
     assert 0 < latency["int8_max_abs_diff"] < 0.5
+
+
+def test_gpt_quantized_phase_is_perplexity_and_its_file_round_trips(cli, tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("the cat sat on the mat. a dog ran in the fog. " * 100, encoding="utf-8")
+    results, out = cli(["model=gpt", "dataset=text", f"dataset.path={corpus}",
+                        "dataset.seq_len=32", "model.n_embd=32", "model.n_layer=1",
+                        "model.n_head=2", "optimizer=adamw", "train.batch_size=16", *PRUNE,
+                        "compress.quantize=kmeans", "compress.bits=4", "export.compressed=true"])
+    assert "perplexity" in results["quantized"] and "accuracy" not in results["quantized"]
+    assert results["size"]["max_abs_diff"] == 0.0
+    assert all(layer["levels"] <= 16 for layer in results["compress"]["layers"])
+    from prunebench.results import table
+
+    assert table.row(results, "run")["quantized_ppl"] == results["quantized"]["perplexity"]
