@@ -68,7 +68,7 @@ def run(cfg: DictConfig, session, dense_state: dict, out_dir) -> dict:
     kind, bits = cfg.compress.quantize, cfg.compress.bits
     epochs = _get(cfg, "compress.finetune_epochs", 0)
     start = time.perf_counter()
-    with memory.peak(session.data.train.x.device) as used:
+    with memory.peak(session.data.train.y.device) as used:
         layers = [q for name, w in session.masks.weights.items()
                   if (q := quantize.quantize(name, w, kind, bits)) is not None]
         if not layers:
@@ -123,7 +123,7 @@ def export(cfg: DictConfig, session, layers: list, dense_state: dict, out_dir) -
     path = folder / FILE
     files.write_bytes(path, blob)
     encode_s = time.perf_counter() - start
-    loaded = load(path, cfg).to(session.data.test.x.device).eval()
+    loaded = load(path, cfg).to(session.data.test.y.device).eval()
     x = next(batches(session.data, session.data.test, 64))[0]
     session.model.eval()
     with torch.no_grad():
