@@ -107,7 +107,10 @@ def test_rank_failure_one_line_and_failed_results(tmp_path):
     proc = run_ranks(2, run, "model._target_=boom.Boom", check=False,
                      env={"PYTHONPATH": str(tmp_path), "PRUNEBENCH_TIMEOUT_S": "60"})
     assert proc.returncode != 0
-    assert time.monotonic() - start < 60 + 30
+    # rank 0 stopped because its peer's connection closed, not by waiting out the timeout
+    # (60 s here); the bound on the wall time is generous for a loaded machine's start-up
+    assert "timed out" not in proc.stderr.lower() and "timeout" not in proc.stderr.lower()
+    assert time.monotonic() - start < 300
     ours = [line for line in proc.stderr.splitlines() if line.startswith("prunebench:")]
     assert ours == ["prunebench: error: rank 1: ValueError: boom on purpose"], proc.stderr
     results = json.loads((run / "results.json").read_text())

