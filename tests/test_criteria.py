@@ -384,7 +384,7 @@ def test_default_obd_diagonal_is_non_negative_and_matches_the_exact_one(case):
     correlations = {}
     for estimator in ("auto", "hutchinson"):
         strategy = Hessian("hessian", estimator=estimator, amount=0.9)
-        diag = strategy.diagonal(model, weights, batches, context(model, batches))
+        diag = strategy.diagonal(model, weights, batches, context(batches, model))
         estimate = torch.cat([diag[n].flatten()[i] for n, i in picked.items()])
         correlations[estimator] = float(torch.corrcoef(torch.stack([estimate, exact]))[0, 1])
         if estimator == "auto":
@@ -418,12 +418,12 @@ def test_gauss_newton_and_monte_carlo_fisher_against_j_transpose_h_j():
             count += 1
     expected /= count
     gn = Hessian("hessian", estimator="gauss_newton", amount=0.5)
-    got = flatten(gn.diagonal(model, prunable_weights(model), batches, context(model, batches)))
+    got = flatten(gn.diagonal(model, prunable_weights(model), batches, context(batches, model)))
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-8) and bool((got >= 0).all())
     exact = full_hessian(model, batches).diagonal()
     assert not torch.allclose(got, exact, rtol=1e-2, atol=1e-4)  # tanh: not the Hessian's
     mc = Hessian("hessian", estimator="mc_fisher", draws=300, amount=0.5)
     drawn = flatten(mc.diagonal(model, prunable_weights(model), batches,
-                                context(model, batches)))
+                                context(batches, model)))
     assert bool((drawn >= 0).all())
     assert (drawn - expected).norm() < 0.1 * expected.norm()
