@@ -21,13 +21,14 @@ LAYERS = [
                 "config.inputs", "config.reference", "runstate.signals", "runstate.files",
                 "runstate.folder", "console", "ranks", "results.objective"]),
     ("parts", ["distributed", "data", "models", "training", "pruning.masks", "pruning.units",
-               "pruning.macs", "pruning.memory", "pruning.sparse", "pruning.semi_structured"]),
+               "pruning.macs", "pruning.memory", "pruning.sparse", "pruning.semi_structured",
+               "compress.file", "compress.quantize", "compress.shared"]),
     ("criteria", ["strategies"]),
     ("session", ["pruning.session", "pruning.replay", "pruning.journal", "pruning.recovery",
                  "pruning.compact", "pruning.latency", "runstate.resume", "runstate.progress",
                  "config.checks"]),
     ("schedules", ["schedules"]),
-    ("run helpers", ["build", "pruning.controls", "runstate.cache", "results"]),
+    ("run helpers", ["build", "compress", "pruning.controls", "runstate.cache", "results"]),
     ("runner", ["runner", "sensitivity", "config.preflight"]),
     ("entry", ["cli", "__main__", ""]),  # "": the package's __init__
 ]

@@ -17,8 +17,8 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from prunebench.config.checks import choice, number
 from prunebench.config.errors import ConfigError
+from prunebench.config.values import choice, number
 
 log = logging.getLogger(__name__)
 MAX_BITS = 16
