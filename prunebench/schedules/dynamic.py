@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunebench.config.errors import ConfigError
-from prunebench.data import Dataset
+from prunebench.data import Dataset, batches
 from prunebench.pruning.masks import Masks
 from prunebench.schedules.base import Schedule, Session, require_amount
 from prunebench.strategies.selection import select_by_amount
+from prunebench.training.loop import cross_entropy
 
 VARIANTS = ("dns", "rigl")
 
@@ -228,10 +229,15 @@ def regrown_masks(session: Session, fraction: float) -> dict[str, Tensor]:
 
 
 def dense_gradient(session: Session) -> dict[str, Tensor]:
-    """Gradient of the loss on one training batch for every weight, pruned ones included."""
-    x, y = next(iter(session.context().batches()))
+    """Gradient of the loss on one training batch for every weight, pruned ones included.
+
+    The batch is the schedule's own growth signal, not a criterion's calibration data: it is
+    drawn from the same generator but not counted in results.json `calibration` (whose
+    running SHA-256 a resumed run could not continue)."""
+    x, y = next(batches(session.data, session.data.train, session.settings.batch_size,
+                        shuffle=True, generator=session.calibration_generator))
     weights = session.masks.weights
     with torch.enable_grad():
-        loss = session.context().loss(session.model(x), y)
+        loss = cross_entropy(session.model(x), y)
         grads = torch.autograd.grad(loss, list(weights.values()))
     return dict(zip(weights, grads, strict=True))
