@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70.1"
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,timm,export,trackers,lm,docs,compress]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,timm,export,trackers,lm,lm-eval,docs,compress]"
 	touch $@
 
 run: install  # the default comparison: l1, l0, gradient, hessian, random on digits
