@@ -271,6 +271,18 @@ NEW_KEYS = [  # keys this round added: Hugging Face models, image folders, check
     Case("calibration-samples-nan", ["calibration.samples=nan"], "calibration.samples=nan"),
     Case("calibration-typo", ["+calibration.sampels=3"], "calibration.sampels",
          also="calibration.samples"),
+    # compression (compress.*, export.compressed): more cases in tests/test_compress.py
+    Case("compress-bits-nan", ["compress.quantize=kmeans", "compress.bits=nan"],
+         "compress.bits=nan"),
+    Case("compress-bits-type", ["compress.quantize=kmeans", "compress.bits=four"],
+         "compress.bits=four"),
+    Case("compress-quantize-typo", ["compress.quantize=kmean"], "compress.quantize=kmean",
+         into="fresh"),
+    Case("compress-key-typo", ["+compress.bit=4"], "compress.bit", also="compress.bits"),
+    Case("compress-finetune-inf", ["compress.quantize=kmeans", "compress.finetune_epochs=inf"],
+         "compress.finetune_epochs=inf"),
+    Case("export-compressed-alone", ["export.compressed=true"], "export.compressed",
+         also="compress.quantize", into="fresh"),
 ]
 # the value checks run in-process below (test_bad_value_is_one_line_naming_the_key); a sample
 # of them also goes through the real CLI, with the finished folder checked untouched

@@ -68,7 +68,16 @@ def assert_same_run(one, two) -> None:
     [*RESNET, "strategy=l0", "strategy.epochs=1"],
     [*RESNET, "strategy=l1", "schedule=gradual", "schedule.end=1", "schedule.frequency=3",
      "finetune.epochs=2"],
-], ids=["l1-mlp", "gradient-resnet", "hessian-mlp", "l0-resnet", "gradual-resnet"])
+    # the dynamic schedules change masks inside fine-tuning (on every rank, from the same
+    # synchronized weights and batches); distillation and a control twin train through DDP too
+    [*RESNET, "strategy=l1", "schedule=dynamic", "schedule.variant=dns",
+     "schedule.frequency=2", "schedule.end=1", "finetune.epochs=2"],
+    [*MLP, "strategy=l1", "schedule=dynamic", "schedule.variant=rigl", "schedule.frequency=2",
+     "schedule.end=1", "finetune.epochs=2"],
+    [*MLP, "strategy=l1", "finetune.distill.alpha=0.5"],
+    [*MLP, "strategy=l1", "baseline.random_same_density=true"],
+], ids=["l1-mlp", "gradient-resnet", "hessian-mlp", "l0-resnet", "gradual-resnet", "dns-resnet",
+        "rigl-mlp", "distill-mlp", "control-mlp"])
 def test_two_ranks_equal_one(tmp_path, case):
     one, two = tmp_path / "one", tmp_path / "two"
     run_ranks(1, one, *case)
