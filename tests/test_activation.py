@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from test_structured import context, conv_net, ready
+from helpers import context
+from test_structured import conv_net, image_batches, ready
 from torch import nn
 
 from prunebench.config.errors import ConfigError
@@ -48,7 +49,7 @@ def reference(a: torch.Tensor, variant: str, bins: int = 8) -> torch.Tensor:
 @pytest.mark.parametrize("variant", ["mean", "apoz", "entropy"])
 def test_scores_equal_hook_reference(variant):
     model = ready(conv_net())
-    ctx = context(n_batches=3)
+    ctx = context(image_batches(3))
     strategy = Activation(name="activation", variant=variant, batches=2, bins=8,
                           granularity="neuron")
     masks = Masks(model)
@@ -67,7 +68,8 @@ def test_apoz_prunes_the_units_that_are_mostly_zero():
     strategy = Activation(name="activation", variant="apoz", granularity="neuron",
                           scope="layer")
     masks = Masks(model)
-    masks.update(strategy.prune(model, masks.weights, masks.masks, context(), 4 / 12))
+    ctx = context(image_batches())
+    masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, 4 / 12))
     masks.apply()
     gone = (model[7].weight == 0).all(1)
     assert gone[:4].all() and not gone[4:].any()
@@ -77,7 +79,7 @@ def test_weight_granularity_gives_each_weight_its_unit_score():
     model = ready(conv_net())
     strategy = Activation(name="activation", variant="mean", granularity="weight")
     masks = Masks(model)
-    ctx = context()
+    ctx = context(image_batches())
     ctx.model = model
     scores = strategy.score(masks.weights, ctx)
     units = strategy.score_units(masks.weights, ctx)

@@ -138,6 +138,20 @@ def output_size(model: nn.Module, x: Tensor) -> int:
     return model(x[:1])[0].numel()
 
 
+def functional_names(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, str]:
+    """For functional_call: each scored weight's parameter name. Under a parametrization (the
+    dynamic schedules' straight-through masks) that is its `parametrizations.*.original`, so
+    the mask is applied to the value passed and the estimators see the model as it runs, as
+    the autograd-based ones do."""
+    names = dict(model.named_parameters())
+    found = {}
+    for name in weights:
+        module, _, attr = name.rpartition(".")
+        original = ".".join(filter(None, (module, "parametrizations", attr, "original")))
+        found[name] = original if original in names else name
+    return found
+
+
 def gauss_newton_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: list[Batch],
                           ctx: PruneContext, chunk: int) -> dict[str, Tensor]:
     """Mean over samples of diag(J^T H_out J), `chunk` samples at a time.
@@ -150,7 +164,8 @@ def gauss_newton_diagonal(model: nn.Module, weights: dict[str, Tensor], batches:
     over jacrev builds the same Jacobians over 100x slower on CPU.)
     """
     fixed = {n: p.detach() for n, p in model.named_parameters()}
-    current = {n: fixed[n] for n in weights}
+    names = functional_names(model, weights)
+    current = {names[n]: fixed[names[n]] for n in weights}
 
     def projected(ws: dict[str, Tensor], x: Tensor, r: Tensor) -> Tensor:
         out = functional_call(model, {**fixed, **ws}, (x.unsqueeze(0),))
@@ -172,8 +187,9 @@ def gauss_newton_diagonal(model: nn.Module, weights: dict[str, Tensor], batches:
                 values, vectors = torch.linalg.eigh(curvatures(out, ys).reshape(-1, size, size))
                 root = vectors * values.clamp(min=0).sqrt().unsqueeze(-2)  # H = R R^T
                 for column in range(size):
-                    for n, g in per_sample(current, xs, root[:, :, column]).items():
-                        diag[n].add_(g.pow(2).sum(0), alpha=1.0 / count)
+                    grads = per_sample(current, xs, root[:, :, column])
+                    for n in weights:
+                        diag[n].add_(grads[names[n]].pow(2).sum(0), alpha=1.0 / count)
                 advance(len(ys))
     return diag
 
@@ -206,6 +222,7 @@ def fisher_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: list[
     of the loss at the true labels (draws=0, the empirical Fisher), or at `draws` label sets
     drawn from the model's own predictive distribution (the Monte-Carlo Fisher)."""
     fixed = {n: p.detach() for n, p in model.named_parameters()}
+    names = functional_names(model, weights)
 
     def sample_loss(ws: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         out = functional_call(model, {**fixed, **ws}, (x.unsqueeze(0),))
@@ -221,9 +238,9 @@ def fisher_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: list[
             for _ in range(label_sets):
                 if draws:
                     y = model_labels(model, x, ctx.generator)
-                grads = per_sample({n: fixed[n] for n in weights}, x, y)
-                for n, g in grads.items():
-                    diag[n].add_(g.pow(2).sum(0), alpha=1.0 / count)
+                grads = per_sample({names[n]: fixed[names[n]] for n in weights}, x, y)
+                for n in weights:
+                    diag[n].add_(grads[names[n]].pow(2).sum(0), alpha=1.0 / count)
                 advance(1)
     return diag
 
