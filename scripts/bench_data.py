@@ -1,4 +1,4 @@
-"""One epoch of LeNet-300-100 on Fashion-MNIST three ways, in one process, as ratios:
+"""One epoch of LeNet-300-100 on Fashion-MNIST four ways, in one process, as ratios:
 
   prunebench   train.fit over the uint8 in-memory dataset (normalized per batch), with the
                optimizer prunebench builds from conf/optimizer/sgd.yaml
@@ -7,8 +7,8 @@
   (b) textbook torchvision FashionMNIST + ToTensor/Normalize + DataLoader(batch_size=64)
 
 Goals: prunebench within 1.15x of (a), at least 8x faster than (b). Then training throughput
-(images/s) of LeNet-5 and ResNet-20 through train.fit. Each timing is the best of --repeats
-runs, interleaved, so other load on the machine hits all three alike.
+(images/s) of LeNet-5 and ResNet-20 through train.fit. The arms run interleaved, --repeats
+times, so other load on the machine hits them alike.
 
     python scripts/bench_data.py [--source-dir /usr/share/datasets/fashion-mnist]
 
@@ -18,16 +18,17 @@ dataset.workers=2, into the memory-mapped cache), then one epoch of an MLP from 
 cache against torchvision's ImageFolder + DataLoader(num_workers=2) on the same folder, and
 the growth of the training process's own memory (peak RssAnon) against the cache's size.
 
-One row per torch thread count goes to --csv (default docs/performance/data/bench_data.csv,
-which the documentation's "Training speed" page includes); a rerun replaces its thread
-count's row.
+One row per torch thread count (--threads) goes to --csv (default
+docs/performance/data/bench_data.csv, which the documentation's "Training speed" page
+includes), with its provenance beside it (scripts/benchtable.py): medians of the interleaved
+repeats, ratios of medians with a 95% bootstrap interval over the repeats.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchtable import DOCS_DATA, ratio, write
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -47,13 +49,10 @@ from prunebench.data import Split, vision
 from prunebench.models.lenet5 import LeNet5
 from prunebench.models.mlp import MLP
 from prunebench.models.resnet import CifarResNet
-from prunebench.runstate import files
 from prunebench.training.loop import FitSettings, fit
 
 BATCH = 64
 CONF = Path(__file__).resolve().parent.parent / "conf"
-# the documentation's benchmark tables (docs/performance/training.md includes this one)
-DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def sgd(model):
@@ -229,58 +228,56 @@ def main() -> None:
                         help="the image-folder case instead (decode rate, epoch, memory)")
     parser.add_argument("--per-class", type=int, default=600,
                         help="training PNGs per class of the image-folder case")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is steadier on a busy machine)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}",
+                        help="torch CPU thread counts, comma-separated: a table row each")
     parser.add_argument("--csv", default=str(DOCS_DATA / "bench_data.csv"))
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     if args.image_folder:
         return image_folder_case(args.source_dir, args.per_class, args.repeats)
     with tempfile.TemporaryDirectory() as root:
         data = vision.load("fashion_mnist", root=root, source_dir=args.source_dir,
                            val_fraction=0)
-        print(f"Fashion-MNIST: {len(data.train)} training images, batch {BATCH}, "
-              f"{torch.get_num_threads()} torch threads")
-        arms = {"prunebench": lambda: epoch_prunebench(data),
-                "loop only": lambda: epoch_prunebench(data, sgd),
-                "minimal": lambda: epoch_minimal(data),
-                "textbook": lambda: epoch_textbook(data, root)}
-        times = {name: [] for name in arms}
-        for _ in range(args.repeats):
-            for name, arm in arms.items():
-                times[name].append(arm())
-        best = {k: min(v) for k, v in times.items()}
-        for k, v in best.items():
-            print(f"  {k:<11} {v:7.2f} s/epoch  (runs: {', '.join(f'{t:.2f}' for t in times[k])})")
-        print("  (loop only: train.fit with the minimal loop's plain SGD, to show the loop's own "
-              "cost apart from the fused optimizer)")
-        print(f"prunebench / (a) minimal  = {best['prunebench'] / best['minimal']:.3f}x "
-              f"(goal <= 1.15); loop only {best['loop only'] / best['minimal']:.3f}x")
-        print(f"(b) textbook / prunebench = {best['textbook'] / best['prunebench']:.1f}x "
-              f"(goal >= 8)")
-
-        row = {"torch threads": torch.get_num_threads(), "repeats": args.repeats} | {
-            name: f"{s:.2f}" for name, s in best.items()} | {
-            "prunebench / (a)": f"{best['prunebench'] / best['minimal']:.2f}x",
-            "loop only / (a)": f"{best['loop only'] / best['minimal']:.2f}x",
-            "(b) / prunebench": f"{best['textbook'] / best['prunebench']:.1f}x"}
-        for name, model, images, batch in (
-                ("LeNet-5", LeNet5(data.input_shape, 10), 8192, 128),
-                ("ResNet-20", CifarResNet(data.input_shape, 10, depth=20), 2048, 128)):
-            rate = throughput(name, model, data, images, batch)
-            print(f"{name} training: {rate:,.0f} images/s (28x28, batch {batch})")
-            row[name] = f"{rate:,.0f} img/s"
-    write_row(Path(args.csv), row)
+        rows = []
+        for threads in sorted({int(t) for t in args.threads.split(",")}):
+            torch.set_num_threads(threads)
+            rows.append(one_thread_count(data, root, args.repeats))
+    write(args.csv, rows)
 
 
-def write_row(path: Path, row: dict) -> None:
-    """Replace the row of this thread count in the CSV (one row per thread count)."""
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
-    rows = [r for r in rows if r["torch threads"] != str(row["torch threads"])] + [row]
-    files.write_csv(path, sorted(rows, key=lambda r: int(r["torch threads"])))
+def one_thread_count(data, root: str, repeats: int) -> dict:
+    """The four arms interleaved `repeats` times, then LeNet-5 and ResNet-20 throughput."""
+    print(f"Fashion-MNIST: {len(data.train)} training images, batch {BATCH}, "
+          f"{torch.get_num_threads()} torch threads")
+    arms = {"prunebench": lambda: epoch_prunebench(data),
+            "loop only": lambda: epoch_prunebench(data, sgd),
+            "minimal": lambda: epoch_minimal(data),
+            "textbook": lambda: epoch_textbook(data, root)}
+    times = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, arm in arms.items():
+            times[name].append(arm())
+    for k, v in times.items():
+        print(f"  {k:<11} median {statistics.median(v):7.2f} s/epoch  "
+              f"(runs: {', '.join(f'{t:.2f}' for t in v)})")
+    print("  (loop only: train.fit with the minimal loop's plain SGD, to show the loop's own "
+          "cost apart from the fused optimizer)")
+    row = {"torch threads": torch.get_num_threads(), "repeats": repeats} | {
+        f"{name} s": f"{statistics.median(t):.2f}" for name, t in times.items()} | {
+        "prunebench / (a)": ratio(times["prunebench"], times["minimal"]),
+        "loop only / (a)": ratio(times["loop only"], times["minimal"]),
+        "(b) / prunebench": ratio(times["textbook"], times["prunebench"])}
+    print(f"prunebench / (a) minimal  = {row['prunebench / (a)']} (goal <= 1.15); "
+          f"loop only {row['loop only / (a)']}")
+    print(f"(b) textbook / prunebench = {row['(b) / prunebench']} (goal >= 8)")
+    for name, model, images, batch in (
+            ("LeNet-5", LeNet5(data.input_shape, 10), 8192, 128),
+            ("ResNet-20", CifarResNet(data.input_shape, 10, depth=20), 2048, 128)):
+        rate = throughput(name, model, data, images, batch)
+        print(f"{name} training: {rate:,.0f} images/s (28x28, batch {batch})")
+        row[name] = f"{rate:,.0f} img/s"
+    return row
 
 
 if __name__ == "__main__":

@@ -5,30 +5,30 @@ machine load hits them alike); each round is a whole run (dense training, prunin
 fine-tuning, evaluation, results.json), each in a fresh folder and with the dense cache off.
 The MLflow store is SQLite, made (tables migrated) and the client imported before timing, as
 in a sweep where it already exists; what is timed is what a run adds: its MLflow run, params,
-per-epoch metrics, summary, artifacts. Reported: the best wall time of each and their ratio.
+per-epoch metrics, summary, artifacts. Reported: the median wall time of each and the ratio
+of medians with a 95% bootstrap interval over the rounds.
 
     python scripts/bench_loggers.py [--rounds 3] [--epochs 10] [--loggers mlflow,tensorboard]
 
 The table also goes to --csv (default docs/performance/data/bench_loggers.csv, which the
-documentation's "Experiment tracking" page includes).
+documentation's "Experiment tracking" page includes), with its provenance beside it
+(scripts/benchtable.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchtable import DOCS_DATA, ratio, write
 from hydra import compose, initialize_config_module
 
 from prunebench import runner
 from prunebench.config import schema
-from prunebench.runstate import files
-
-# the documentation's benchmark tables (docs/usage/tracking.md includes this one)
-DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def config(logger: str, store: str, epochs: int):
@@ -64,17 +64,20 @@ def main() -> None:
                 results = runner.run(configs[name], Path(tmp) / f"{name}_{i}")
                 times[name].append(time.perf_counter() - start)
                 assert results["status"] == "ok"
-    base = min(times["none"])
+    base = statistics.median(times["none"])
     epochs = args.epochs + args.epochs // 2
     print(f"digits MLP, {epochs} epochs per run (dense {args.epochs}, fine-tuning "
-          f"{args.epochs // 2}), best of {args.rounds} rounds")
+          f"{args.epochs // 2}), medians of {args.rounds} rounds")
     rows = []
     for name in loggers:
-        best = min(times[name])
-        print(f"  logger={name:12s} {best:7.2f} s  x{best / base:.3f}  "
-              f"(+{(best - base) / epochs * 1000:.0f} ms per epoch)")
-        rows.append({"logger": name, "best run": f"{best:.1f} s", "ratio": f"{best / base:.2f}"})
-    files.write_csv(args.csv, rows)
+        median = statistics.median(times[name])
+        text = ratio(times[name], times["none"])
+        print(f"  logger={name:12s} {median:7.2f} s  {text}  "
+              f"(+{(median - base) / epochs * 1000:.0f} ms per epoch)")
+        rows.append({"logger": name, "epochs per run": epochs,
+                     "run s per round": ", ".join(f"{t:.1f}" for t in times[name]),
+                     "median s": f"{median:.1f}", "ratio to none": text})
+    write(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 LeNet-300-100, batch 128, SGD with momentum. Three variants of the same training step run
 interleaved (so machine load hits them alike) and the median per-step time of each is
-compared with the dense step:
+compared with the dense step (ratio of medians with a 95% bootstrap interval over the rounds):
   dense        plain step
   prunebench   prunebench.pruning.masks.Masks as train.fit holds them: masked gradients (one fused
                foreach op); weights re-zeroed after the step only for optimizers that need it
@@ -11,7 +11,8 @@ compared with the dense step:
     python scripts/bench_overhead.py [--rounds 15] [--steps 50] [--amount 0.9]
 
 The table also goes to --csv (default docs/performance/data/bench_overhead.csv, which the
-documentation's "Training speed" page includes).
+documentation's "Training speed" page includes), with its provenance beside it
+(scripts/benchtable.py).
 """
 
 from __future__ import annotations
@@ -19,19 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchtable import DOCS_DATA, ratio, write
 from torch import nn
 from torch.nn.utils import prune
 
 from prunebench.models.mlp import MLP
 from prunebench.pruning.masks import Masks
-from prunebench.runstate import files
-
-# the documentation's benchmark tables (docs/performance/training.md includes this one)
-DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 
 
 def make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -99,18 +96,18 @@ def main() -> None:
                 step()
             times[name].append((time.perf_counter() - start) / args.steps)
 
-    base = statistics.median(times["dense"])
     print(f"LeNet-300-100, batch 128, SGD momentum, {args.amount:.0%} sparse masks, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds x {args.steps} steps")
-    print(f"{'variant':<12} {'median ms/step':>15} {'ratio to dense':>15}")
+    print(f"{'variant':<12} {'median ms/step':>15} {'ratio to dense [95% interval]':>30}")
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<12} {median * 1e3:>15.3f} {median / base:>15.3f}")
+        text = ratio(values, times["dense"])
+        print(f"{name:<12} {median * 1e3:>15.3f} {text:>30}")
         rows.append({"variant": name, "median ms/step": f"{median * 1e3:.3f}",
-                     "ratio to dense": f"{median / base:.3f}"})
-    files.write_csv(args.csv, rows)
+                     "ratio to dense [95% interval]": text})
+    write(args.csv, rows)
 
 
 if __name__ == "__main__":

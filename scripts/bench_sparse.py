@@ -6,10 +6,12 @@ products of their unfolded inputs, a transformer MLP's 768x3072 and 3072x768), e
 the dense product `W @ X` (torch.mm, MKL) against the CSR product (torch.addmm with a CSR
 weight, MKL sparse BLAS: the kernel prunebench's sparse form runs, pruning/sparse.py), each the
 median of torch.utils.benchmark blocks, dense and every sparsity timed in turn in one process,
-the best of --repeats rounds kept. Prints a markdown table (dense µs, CSR µs, dense/CSR, the
-ideal 1/(1-s)) and where CSR starts to win, and writes both as CSV files into --csv-dir
-(bench_sparse.csv, bench_sparse_wins.csv; by default docs/performance/data/, which the
-documentation's "Inference and sparse kernels" page includes: rerun it to update the page).
+--repeats rounds. Prints a markdown table (median dense µs, CSR µs, dense/CSR as the ratio of
+the rounds' medians with a 95% bootstrap interval over the rounds, the ideal 1/(1-s)) and
+where CSR starts to win, and writes both as CSV files into --csv-dir (bench_sparse.csv,
+bench_sparse_wins.csv, each with its provenance, scripts/benchtable.py; by default
+docs/performance/data/, which the documentation's "Inference and sparse kernels" page
+includes: rerun it to update the page). `--models` keeps the shapes of some models only.
 
     python scripts/bench_sparse.py                      # the full table (~2-5 min on 2 cores)
     python scripts/bench_sparse.py --repeats 1 --min-run-time 0.005   # a quick look
@@ -19,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import warnings
 from pathlib import Path
 
 import torch
+from benchtable import DOCS_DATA, ratio, write
 from torch.utils import benchmark
 
-from prunebench.runstate import files
-
-# the documentation's benchmark tables (docs/performance/inference.md includes them)
-DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 64)
 
@@ -61,21 +61,20 @@ def time_us(stmt: str, env: dict, threads: int, min_run_time: float) -> float:
 @torch.no_grad()
 def bench_shape(o: int, i: int, columns: int, batch: int, threads: int, repeats: int,
                 min_run_time: float) -> dict:
-    """Best-of-repeats dense and per-sparsity CSR times of one product, interleaved."""
+    """Per-round dense and per-sparsity CSR times (µs) of one product, interleaved."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(i, columns * batch, generator=g)
     bias = torch.randn(o, 1, generator=g)
     dense = torch.randn(o, i, generator=g)
     csr = {s: pruned(o, i, s, g).to_sparse_csr() for s in SPARSITIES}
-    best = {"dense": float("inf"), **{s: float("inf") for s in SPARSITIES}}
+    rounds = {"dense": [], **{s: [] for s in SPARSITIES}}
     for _ in range(repeats):
         env = {"torch": torch, "w": dense, "x": x, "b": bias}
-        best["dense"] = min(best["dense"], time_us("torch.addmm(b, w, x)", env, threads,
-                                                   min_run_time))
+        rounds["dense"].append(time_us("torch.addmm(b, w, x)", env, threads, min_run_time))
         for s, w in csr.items():
             env["w"] = w
-            best[s] = min(best[s], time_us("torch.addmm(b, w, x)", env, threads, min_run_time))
-    return best
+            rounds[s].append(time_us("torch.addmm(b, w, x)", env, threads, min_run_time))
+    return rounds
 
 
 def main() -> None:
@@ -85,32 +84,40 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--csv-dir", default=str(DOCS_DATA),
                         help="where bench_sparse.csv and bench_sparse_wins.csv go")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated: only these models' shapes (e.g. lenet300)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     threads = sorted({1, torch.get_num_threads()})
     print(f"torch {torch.__version__}, MKL {torch.backends.mkl.is_available()}, "
-          f"threads {threads}, best of {args.repeats} interleaved rounds\n")
+          f"threads {threads}, medians of {args.repeats} interleaved rounds\n")
     print("| model | layer | W (out x in) | cols | batch | threads | sparsity | dense µs "
           "| CSR µs | dense/CSR | ideal |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows, wins = [], []
+    chosen = args.models.split(",") if args.models else None
     for model, layer, o, i, columns in shapes():
+        if chosen and model not in chosen:
+            continue
         for batch in BATCHES:
             for t in threads:
-                best = bench_shape(o, i, columns, batch, t, args.repeats, args.min_run_time)
+                rounds = bench_shape(o, i, columns, batch, t, args.repeats, args.min_run_time)
+                dense_us = statistics.median(rounds["dense"])
                 first_win = None
                 for s in SPARSITIES:
-                    ratio = best["dense"] / best[s]
+                    csr_us = statistics.median(rounds[s])
                     rows.append({"model": model, "layer": layer, "out": o, "in": i,
                                  "cols": columns * batch, "batch": batch, "threads": t,
-                                 "sparsity": s, "dense_us": best["dense"], "csr_us": best[s],
-                                 "ratio": ratio, "ideal": 1 / (1 - s)})
-                    if ratio <= 1:
+                                 "sparsity": s, "dense_us": dense_us, "csr_us": csr_us,
+                                 "ratio": dense_us / csr_us,
+                                 "interval": ratio(rounds["dense"], rounds[s]),
+                                 "ideal": 1 / (1 - s)})
+                    if dense_us <= csr_us:
                         first_win = None
                     elif first_win is None:
                         first_win = s
                     print(f"| {model} | {layer} | {o}x{i} | {columns * batch} | {batch} | {t} "
-                          f"| {s:g} | {best['dense']:.1f} | {best[s]:.1f} | {ratio:.2f} "
+                          f"| {s:g} | {dense_us:.1f} | {csr_us:.1f} | {rows[-1]['interval']} "
                           f"| {1 / (1 - s):.0f} |", flush=True)
                 wins.append((model, layer, batch, t, first_win))
     print("\nCSR wins from (lowest sparsity from which dense/CSR > 1 at every higher one):")
@@ -120,8 +127,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    files.write_csv(Path(args.csv_dir) / "bench_sparse.csv", [table_row(r) for r in rows])
-    files.write_csv(Path(args.csv_dir) / "bench_sparse_wins.csv", [
+    write(Path(args.csv_dir) / "bench_sparse.csv", [table_row(r) for r in rows])
+    write(Path(args.csv_dir) / "bench_sparse_wins.csv", [
         {"model": m, "layer": layer, "batch": b, "threads": t,
          "CSR wins from": "never up to 0.99" if s is None else f"{s:g}"}
         for m, layer, b, t, s in wins])
@@ -132,7 +139,7 @@ def table_row(r: dict) -> dict:
     return {"model": r["model"], "layer": r["layer"], "W (out x in)": f"{r['out']}x{r['in']}",
             "cols": r["cols"], "batch": r["batch"], "threads": r["threads"],
             "sparsity": f"{r['sparsity']:g}", "dense µs": f"{r['dense_us']:.1f}",
-            "CSR µs": f"{r['csr_us']:.1f}", "dense/CSR": f"{r['ratio']:.2f}",
+            "CSR µs": f"{r['csr_us']:.1f}", "dense/CSR": r["interval"],
             "ideal": f"{r['ideal']:.0f}"}
 
 

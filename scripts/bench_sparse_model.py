@@ -7,20 +7,25 @@ the whole forward of the dense model and of the sparse form; inside each, the pr
 share (forward hooks around every layer call; the rest is attention, GELU, LayerNorm, the
 head); and the same CSR products alone, on inputs already in the (features x tokens) layout
 MKL's product takes, without the layout copies the sparse form pays. From these, the ceiling of any
-layout work: dense / (everything else + the kernels alone). Best of --repeats rounds, the
-forms timed in turn.
+layout work: dense / (everything else + the kernels alone). Medians of --repeats rounds, the
+forms timed in turn; dense / sparse form is the ratio of medians with a 95% bootstrap interval
+over the rounds. The table goes to --csv (default docs/performance/data/bench_sparse_model.csv,
+which the "Inference and sparse kernels" page includes), with its provenance beside it
+(scripts/benchtable.py), rows for each width.
 
     python scripts/bench_sparse_model.py                         # the default GPT (n_embd 128)
-    python scripts/bench_sparse_model.py --n-embd 768 --n-head 12   # GPT-2-small's width
+    python scripts/bench_sparse_model.py --n-embd 128,768 --n-head 4,12   # and GPT-2-small's
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
 import torch
+from benchtable import DOCS_DATA, ratio, write
 from torch import nn
 
 from prunebench.models.gpt import GPT
@@ -76,51 +81,79 @@ def products_alone(layers: dict, inputs: dict) -> float:
     return total
 
 
-@torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for flag, default in (("--n-embd", 128), ("--n-head", 4), ("--n-layer", 4),
-                          ("--seq-len", 128), ("--batch", 64), ("--repeats", 5)):
+    parser.add_argument("--n-embd", default="128", help="widths, comma-separated: rows each")
+    parser.add_argument("--n-head", default="4", help="heads of each width, comma-separated")
+    for flag, default in (("--n-layer", 4), ("--seq-len", 128), ("--batch", 64),
+                          ("--repeats", 5)):
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--sparsity", type=float, default=0.95)
+    parser.add_argument("--csv", default=str(DOCS_DATA / "bench_sparse_model.csv"))
     args = parser.parse_args()
+    widths = [(int(e), int(h)) for e, h in zip(args.n_embd.split(","), args.n_head.split(","),
+                                               strict=False)]
+    if len(widths) != len(args.n_embd.split(",")):
+        parser.error("--n-head: one head count for every --n-embd width")
     if not 0 < args.sparsity < 1:
         parser.error(f"--sparsity {args.sparsity}: between 0 and 1, both excluded")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", UserWarning)  # CSR "beta" notice
+    rows = []
+    for n_embd, n_head in widths:
+        rows += width_rows(replace_width(args, n_embd, n_head))
+    write(args.csv, rows)
+
+
+def replace_width(args, n_embd: int, n_head: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "n_embd": n_embd, "n_head": n_head})
+
+
+@torch.no_grad()
+def width_rows(args) -> list[dict]:
+    """The table's rows for one width: the forms timed in turn --repeats times, medians."""
     dense = pruned_gpt(args)
     form, layers = sparse.sparse_form(dense)
     x = torch.randint(0, 256, (args.batch, args.seq_len))
     inputs = sparse.layer_inputs(form, layers, x)
     sparse.choose(layers, inputs, "auto", 1)
     linears = [dense.get_submodule(name) for name in layers]
-    best = {k: float("inf") for k in ("dense", "dense_linear", "form", "form_linear", "alone")}
+    runs = {k: [] for k in ("dense", "dense_linear", "form", "form_linear", "alone")}
     for _ in range(args.repeats):
         for key, model, parts in (("dense", dense, linears),
                                   ("form", form, list(layers.values()))):
             model(x)  # warm
             whole, share = timed_forward(model, parts, x)
-            best[key], best[f"{key}_linear"] = min(best[key], whole), min(
-                best[f"{key}_linear"], share)
-        best["alone"] = min(best["alone"], products_alone(layers, inputs))
+            runs[key].append(whole)
+            runs[f"{key}_linear"].append(share)
+        runs["alone"].append(products_alone(layers, inputs))
+    runs["dense_rest"] = [a - b for a, b in zip(runs["dense"], runs["dense_linear"], strict=True)]
+    runs["form_rest"] = [a - b for a, b in zip(runs["form"], runs["form_linear"], strict=True)]
+    ms = {k: statistics.median(v) * 1e3 for k, v in runs.items()}
     on_csr = sum(layer.use_csr for layer in layers.values())
     # what the layers leave: the same ops in both forms; the smaller measurement bounds best
-    rest = min(best["dense"] - best["dense_linear"], best["form"] - best["form_linear"])
-    ms = {k: v * 1e3 for k, v in best.items()}
+    rest = min(ms["dense_rest"], ms["form_rest"])
     print(f"GPT n_embd {args.n_embd}, {args.n_layer} blocks, batch {args.batch} x "
           f"{args.seq_len} tokens, {args.sparsity:.0%} per layer, one thread; "
           f"{on_csr} of {len(layers)} layers on CSR (auto)\n")
-    print("| part | dense ms | sparse form ms | kernels alone ms |")
-    print("|---|---|---|---|")
-    print(f"| {len(layers)} prunable Linear layers | {ms['dense_linear']:.1f} | "
-          f"{ms['form_linear']:.1f} | {ms['alone']:.1f} |")
-    print(f"| everything else | {ms['dense'] - ms['dense_linear']:.1f} | "
-          f"{ms['form'] - ms['form_linear']:.1f} | |")
-    print(f"| forward | {ms['dense']:.1f} | {ms['form']:.1f} | |")
-    ceiling = best["dense"] / (rest + best["alone"])
-    print(f"\nspeedup {best['dense'] / best['form']:.2f}x; with the layout copies free "
-          f"(everything else + kernels alone) at most {ceiling:.2f}x; "
-          f"with free Linear layers at most {best['dense'] / rest:.2f}x")
+    parts = (("linear", f"{len(layers)} prunable Linear layers ({on_csr} on CSR)"),
+             ("rest", "everything else (attention, GELU, LayerNorm, head)"), ("", "forward"))
+    rows = []
+    for key, part in parts:
+        d, f = f"dense_{key}".rstrip("_"), f"form_{key}".rstrip("_")
+        rows.append({"n_embd": args.n_embd, "part": part, "dense ms": f"{ms[d]:.1f}",
+                     "sparse form ms": f"{ms[f]:.1f}",
+                     "CSR kernels alone ms": f"{ms['alone']:.1f}" if key == "linear" else "",
+                     "dense / sparse form": ratio(runs[d], runs[f])})
+    rows.append({"n_embd": args.n_embd, "part": "ceiling: layout copies free", "dense ms": "",
+                 "sparse form ms": f"{rest + ms['alone']:.1f}", "CSR kernels alone ms": "",
+                 "dense / sparse form": f"{ms['dense'] / (rest + ms['alone']):.2f}x"})
+    rows.append({"n_embd": args.n_embd, "part": "ceiling: Linear layers free", "dense ms": "",
+                 "sparse form ms": f"{rest:.1f}", "CSR kernels alone ms": "",
+                 "dense / sparse form": f"{ms['dense'] / rest:.2f}x"})
+    for row in rows:
+        print(" | ".join(str(v) for v in row.values()))
+    return rows
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ The Hutchinson rows show the cost of P probes against P single Hessian-vector pr
 The LM criteria on one GPT-2-sized MLP layer at a time, Linear(768, 3072) (weight 3072 x 768)
 and Linear(3072, 768) (weight 768 x 3072), calibrated on `--windows` windows of `--seq-len`
 tokens of hidden states (random normal: timing does not depend on the values), 50% and 2:4:
-time of Strategy.prune against one forward pass of the layer over the same windows, and peak
-memory (as above) in MiB and against that forward pass; the table also goes to --csv
-(default docs/performance/data/bench_strategies_lm.csv, which the documentation includes).
+time of Strategy.prune against one forward pass of the layer over the same windows (the two
+interleaved `--repeats` times: the ratio of medians with a 95% bootstrap interval over the
+repeats), and peak memory (as above) in MiB and against that forward pass; the table also goes
+to --csv (default docs/performance/data/bench_strategies_lm.csv, which the documentation
+includes), with its provenance beside it (scripts/benchtable.py).
 """
 
 from __future__ import annotations
@@ -34,17 +36,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchtable import DOCS_DATA, ratio, write
 from hydra import compose, initialize_config_module
 
 from prunebench import build
 from prunebench.data import batches as iterate
 from prunebench.pruning.masks import prunable_weights
-from prunebench.runstate import files
 from prunebench.strategies.base import PruneContext
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"
-# the documentation's benchmark tables (docs/criteria/transformers.md includes the --lm one)
-DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "performance" / "data"
 # variants beyond each YAML's default: (label, overrides)
 VARIANTS = [
     *[(f"gradient/{v}", ["strategy=gradient", f"strategy.variant={v}"])
@@ -133,18 +133,28 @@ def pruner(cfg, model, batches, device):
     return run
 
 
+def once(fn, device) -> float:
+    """Seconds of one call of fn (synchronized on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed(fn, repeats: int, device) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(once(fn, device) for _ in range(repeats))
+
+
+def interleaved(fn, base_fn, repeats: int, device) -> tuple[list[float], list[float]]:
+    """Seconds of fn and of base_fn, called in turn `repeats` times (after a warm-up each)."""
+    fn()
+    base_fn()
+    pairs = [(once(fn, device), once(base_fn, device)) for _ in range(repeats)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def rss_bytes() -> int:
@@ -201,7 +211,7 @@ def lm_layers(args) -> None:
     print(f"{args.windows} calibration windows of {args.seq_len} tokens "
           f"({args.windows * args.seq_len} tokens) in batches of {per_batch}, {device}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'layer':>22s} {'criterion':20s} {'time s':>8s} {'x fwd':>7s} "
+    print(f"{'layer':>22s} {'criterion':20s} {'time s':>8s} {'x fwd [95%]':>18s} "
           f"{'peak MiB':>9s} {'x fwd':>6s}")
     rows = []
     for d_in, d_out in ((768, 3072), (3072, 768)):
@@ -213,28 +223,29 @@ def lm_layers(args) -> None:
         base_fn = forward_only(model, batches)
         base_t, base_m = timed(base_fn, args.repeats, device), peak_memory(base_fn, device)
         print(f"{f'Linear({d_in}, {d_out})':>22s} {'one forward pass':20s} {base_t:8.2f} "
-              f"{1:7.1f} {base_m / 2**20:9.1f} {1:6.1f}", flush=True)
+              f"{'1.00x':>18s} {base_m / 2**20:9.1f} {1:6.1f}", flush=True)
         layer = f"Linear({d_in}, {d_out})"
-        rows.append(lm_row(layer, "one forward pass", base_t, 1, base_m, 1))
+        rows.append(lm_row(layer, "one forward pass", base_t, "1.00x", base_m, 1))
         for label, overrides in LM_CRITERIA:
             with initialize_config_module("prunebench.conf", version_base="1.3"):
                 cfg = compose("config", overrides=overrides + [
                     f"strategy.batches={len(batches)}", "strategy.amount=0.5"]
                     if "l1" not in label else overrides + ["strategy.amount=0.5"])
             fn = pruner(cfg, model, batches, device)
-            t = timed(fn, args.repeats, device)
-            local = timed(base_fn, args.repeats, device)  # the baseline under today's load
+            # the baseline timed in turn with it, under the same load
+            runs, local = interleaved(fn, base_fn, args.repeats, device)
+            t, x_time = statistics.median(runs), ratio(runs, local)
             m = peak_memory(fn, device)
-            print(f"{'':22s} {label:20s} {t:8.2f} {t / local:7.1f} {m / 2**20:9.1f} "
+            print(f"{'':22s} {label:20s} {t:8.2f} {x_time:>18s} {m / 2**20:9.1f} "
                   f"{m / base_m:6.1f}", flush=True)
-            rows.append(lm_row(layer, label, t, t / local, m, m / base_m))
-    files.write_csv(args.csv, rows)
+            rows.append(lm_row(layer, label, t, x_time, m, m / base_m))
+    write(args.csv, rows)
 
 
-def lm_row(layer: str, criterion: str, seconds: float, x_time: float, peak: float,
+def lm_row(layer: str, criterion: str, seconds: float, x_time: str, peak: float,
            x_memory: float) -> dict:
-    return {"layer": layer, "criterion": criterion, "time s": f"{seconds:.1f}",
-            "time x forward": f"{x_time:.1f}", "peak MiB": f"{peak / 2**20:.0f}",
+    return {"layer": layer, "criterion": criterion, "time s": f"{seconds:.2f}",
+            "time x forward": x_time, "peak MiB": f"{peak / 2**20:.0f}",
             "memory x forward": f"{x_memory:.1f}"}
 
 
