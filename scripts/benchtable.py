@@ -2,11 +2,12 @@
 with a sidecar saying how, when and on what it was measured, and ratios with their noise.
 
 `write(path, rows)` writes `path` (CSV, the first row's keys as the header) and `path` with
-the suffix `.json`: the command that wrote it, the UTC date, the git commit of the measured
-code (`-dirty` when prunebench/, conf/ or the script differ from it), torch's version, the
-cores and the load average when it finished. The site's `<!-- prunebench:csv PATH -->` marker
-(docs/hooks/prunebench_docs.py) prints that under the table and fails without it, so a table
-on the site is one a script wrote. Both files are written atomically (temporary, then rename).
+the suffix `.json`: the command that wrote it (with OMP_NUM_THREADS when set), the UTC date,
+the git commit of the measured code (`-dirty` when prunebench/, conf/, the script or this file
+differ from it), torch's version, the cores and the load average when it finished. The
+site's `<!-- prunebench:csv PATH -->` marker (docs/hooks/prunebench_docs.py) prints that under
+the table and fails without it, so a table on the site is one a script wrote. Both files are
+written atomically (temporary, then rename).
 
 `ratio(numerator_times, denominator_times)` is the ratio of medians of interleaved repeats with
 a 95% bootstrap interval over the paired repeats (the latency block's estimator,
@@ -48,7 +49,7 @@ def commit(script: Path) -> str:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--", "prunebench", "conf",
-                                  str(script)], capture_output=True, text=True,
+                                  str(script), __file__], capture_output=True, text=True,
                                  check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -63,7 +64,9 @@ def provenance() -> dict:
     except ValueError:
         shown = script
     load = os.getloadavg()
-    return {"command": shlex.join(["python", str(shown), *sys.argv[1:]]),
+    env = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] \
+        if "OMP_NUM_THREADS" in os.environ else []
+    return {"command": shlex.join([*env, "python", str(shown), *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit(script), "torch": torch.__version__,
             "cores": len(os.sched_getaffinity(0)),
