@@ -28,6 +28,7 @@ from prunebench.runstate.progress import Progress
 from prunebench.schedules.iterative import rewind_epoch
 from prunebench.strategies import allocation
 from prunebench.training import zero_shot
+from prunebench.training.determinism import set_deterministic
 from prunebench.training.loop import Diverged, evaluate, fit, headline
 from prunebench.training.telemetry import GradientStats
 
@@ -194,6 +195,8 @@ def final_model(cfg: DictConfig, out_dir: Path) -> tuple:
 def setup(cfg: DictConfig) -> tuple:
     """(device, data, model, strategy) of a run: the data on the device, the model built
     after seeding with cfg.seed (the pipeline and prunebench-sensitivity start alike)."""
+    # before any CUDA work: cuBLAS reads its workspace setting once
+    set_deterministic(cfg.get("deterministic", False))
     device = distributed.local_device(build.device(cfg.device))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

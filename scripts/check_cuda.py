@@ -1,6 +1,7 @@
 """One PASS/FAIL line, with its key figures, for a run of scripts/check_cuda.sh.
 
     python scripts/check_cuda.py DIR NAME      reads DIR/NAME/results.json (exit 1 on FAIL)
+    python scripts/check_cuda.py DIR --verdict what the pairs of runs of one config say together
 """
 
 from __future__ import annotations
@@ -17,22 +18,59 @@ def accuracy(r: dict, _: Path) -> tuple[bool, str]:
                 f"{r['timing']['total_s']:.1f} s")
 
 
-def ddp(r: dict, folder: Path) -> tuple[bool, str]:
-    """Against the single-process run of the same config: accuracy, weights, masks."""
+# a run compared with another of the same config: its reference (single-again tells cuDNN's
+# run-to-run nondeterminism from what DDP changes; under deterministic=true both should vanish)
+REFERENCE = {"single-again": "single", "nccl-ddp": "single",
+             "deterministic-again": "deterministic", "nccl-ddp-deterministic": "deterministic"}
+
+
+def weights_apart(a: Path, b: Path) -> tuple[float, bool]:
+    """(max abs difference of the final weights, whether the masks are the same) of two run
+    folders."""
     import torch
 
-    alone = json.loads((folder.parent / "single" / "results.json").read_text())
-    a, b = (torch.load(f / "checkpoints" / "final.pt", weights_only=True)
-            for f in (folder, folder.parent / "single"))
-    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    masks = all(torch.equal(a[k] == 0, b[k] == 0) for k in a
-                if k.endswith("weight") and a[k].dim() > 1)
-    # equal up to the order of floating-point sums, which training amplifies over many steps
-    # (and an 80% threshold then flips a few masks): the figures say how close, the accuracy
-    # decides
-    ok = r["status"] == "ok" and abs(r["final"]["accuracy"] - alone["final"]["accuracy"]) < 0.05
-    return ok, (f"final accuracy {r['final']['accuracy']:.4f} vs {alone['final']['accuracy']:.4f}"
-                f" in one process, max abs weight diff {diff:.2e}, same masks {masks}")
+    x, y = (torch.load(f / "checkpoints" / "final.pt", weights_only=True) for f in (a, b))
+    diff = max(float((x[k].double() - y[k].double()).abs().max()) for k in x)
+    masks = all(torch.equal(x[k] == 0, y[k] == 0) for k in x
+                if k.endswith("weight") and x[k].dim() > 1)
+    return diff, masks
+
+
+def against_reference(r: dict, folder: Path) -> tuple[bool, str]:
+    """Against the run of the same config named in REFERENCE: accuracy, weights, masks. Two
+    runs under deterministic=true must be equal to the bit; otherwise they may differ by the
+    order of floating-point sums, which training amplifies over many steps (and an 80%
+    threshold then flips a few masks): the figures say how close, the accuracy decides."""
+    reference = REFERENCE[folder.name]
+    other = json.loads((folder.parent / reference / "results.json").read_text())
+    diff, masks = weights_apart(folder, folder.parent / reference)
+    close = abs(r["final"]["accuracy"] - other["final"]["accuracy"]) < 0.05
+    exact = folder.name == "deterministic-again"
+    ok = r["status"] == "ok" and (diff == 0 and masks if exact else close)
+    return ok, (f"final accuracy {r['final']['accuracy']:.4f} vs {other['final']['accuracy']:.4f}"
+                f" in {reference}, max abs weight diff {diff:.2e}, same masks {masks}")
+
+
+def verdict(root: Path) -> str:
+    """What the pairs say together: is DDP's difference more than run-to-run noise?"""
+    apart = {name: weights_apart(root / name, root / ref) for name, ref in REFERENCE.items()
+             if (root / name / "checkpoints" / "final.pt").exists()
+             and (root / ref / "checkpoints" / "final.pt").exists()}
+    if set(apart) != set(REFERENCE):
+        return f"VERDICT: incomplete (pairs present: {', '.join(apart) or 'none'})"
+    (noise, _), (ddp, _), (det_noise, _), (det_ddp, _) = (
+        apart[n] for n in ("single-again", "nccl-ddp", "deterministic-again",
+                           "nccl-ddp-deterministic"))
+    figures = (f"max abs weight diff: run to run {noise:.2e}, DDP vs one process {ddp:.2e}; "
+               f"deterministic=true: run to run {det_noise:.2e}, DDP vs one process "
+               f"{det_ddp:.2e}")
+    if det_noise != 0:
+        return f"VERDICT: deterministic=true is not deterministic here ({figures})"
+    if det_ddp == 0:
+        return (f"VERDICT: DDP equals one process; the default-mode gap is nondeterminism "
+                f"({figures})")
+    return (f"VERDICT: DDP differs from one process beyond nondeterminism, by {det_ddp:.2e} "
+            f"({figures})")
 
 
 def latency(r: dict, _: Path) -> tuple[bool, str]:
@@ -55,12 +93,16 @@ def semi_structured(r: dict, _: Path) -> tuple[bool, str]:
                 f"{semi['left_dense']}")
 
 
-CHECKS = {"single": accuracy, "nccl-ddp": ddp, "amp-bf16": accuracy, "amp-fp16": accuracy,
-          "latency": latency, "semi-structured": semi_structured}
+CHECKS = {"single": accuracy, "deterministic": accuracy, "amp-bf16": accuracy,
+          "amp-fp16": accuracy, "latency": latency, "semi-structured": semi_structured,
+          **dict.fromkeys(REFERENCE, against_reference)}
 
 
 def main() -> int:
     root, name = Path(sys.argv[1]), sys.argv[2]
+    if name == "--verdict":
+        print(verdict(root), flush=True)
+        return 0
     folder = root / name
     try:
         results = json.loads((folder / "results.json").read_text())

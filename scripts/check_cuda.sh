@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Every CUDA path prunebench has, in one run of a few minutes, one PASS/FAIL line each:
 #   single              device=cuda: a run on the GPU (ResNet with BatchNorm, digits)
+#   single-again        the same run again, compared with `single`: run-to-run nondeterminism
 #   nccl-ddp            the same run under torchrun, NCCL, one rank per GPU present (DDP,
 #                       SyncBatchNorm, sharded evaluation, mask broadcast; one GPU: a group of
 #                       one), compared with `single`
+#   deterministic, deterministic-again, nccl-ddp-deterministic
+#                       the three again with deterministic=true: the pair must be equal to the
+#                       bit, and DDP's difference from one process is then DDP's alone; a
+#                       VERDICT line says what the pairs show together
 #   amp-bf16, amp-fp16  train.amp: autocast (fp16 with its GradScaler)
 #   latency             inference.measure=true on the GPU: CSR (cuSPARSE) against dense
 #   semi-structured     export.semi_structured=true on a 2:4-pruned MLP (cuSPARSELt/CUTLASS)
@@ -50,12 +55,19 @@ report() {
 echo "prunebench CUDA check: $("$PYTHON" -c "import torch; print(torch.__version__, \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"), $NPROC rank(s)"
 
-run single "$PYTHON" -m prunebench "${COMMON[@]}" "${RESNET[@]}" "hydra.run.dir=$DIR/single" \
-    && report single
-
-run nccl-ddp "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" \
-    -m prunebench "${COMMON[@]}" "${RESNET[@]}" "hydra.run.dir=$DIR/nccl-ddp" \
-    && report nccl-ddp
+# one process twice, then DDP; all three again with torch's deterministic kernels
+for one in single deterministic; do
+    KEYS=() ddp=nccl-ddp
+    if [ "$one" = deterministic ]; then KEYS=(deterministic=true) ddp=nccl-ddp-deterministic; fi
+    for name in "$one" "$one-again"; do
+        run "$name" "$PYTHON" -m prunebench "${COMMON[@]}" "${RESNET[@]}" "${KEYS[@]}" \
+            "hydra.run.dir=$DIR/$name" && report "$name"
+    done
+    run "$ddp" "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" \
+        -m prunebench "${COMMON[@]}" "${RESNET[@]}" "${KEYS[@]}" "hydra.run.dir=$DIR/$ddp" \
+        && report "$ddp"
+done
+"$PYTHON" "$(dirname "$0")/check_cuda.py" "$DIR" --verdict
 
 for amp in bf16 fp16; do
     run "amp-$amp" "$PYTHON" -m prunebench "${COMMON[@]}" "${RESNET[@]}" "train.amp=$amp" \

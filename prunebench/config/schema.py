@@ -208,6 +208,9 @@ class Config:
     schedule: Component = node(Component, "when masks change (conf/schedule/)")
     seed: int = key(0, "seed of initialization, splits, batches and masks")
     device: str = key("auto", "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
+    deterministic: bool = key(False, "torch's deterministic kernels (cuDNN, cuBLAS, atomics), so "
+                                     "two runs of one config give equal weights on a GPU too "
+                                     "(slower there; an op without one warns and runs as before)")
     resume: Any = key("auto", "auto: continue an unfinished run in the run folder | true | "
                               "false")
     train: Train = node(Train, "dense training")

@@ -43,6 +43,8 @@ def key(cfg: DictConfig, device: torch.device) -> str:
         "seed": cfg.seed,
         "device": device.type,
     }
+    if cfg.get("deterministic"):  # other kernels, other rounding (off: the keys stay as they were)
+        identity["deterministic"] = True
     if rewind_epoch(cfg):  # only such entries hold the epoch-k snapshot
         identity["rewind_epoch"] = rewind_epoch(cfg)
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
