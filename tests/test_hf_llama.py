@@ -206,6 +206,11 @@ def test_export_hf_loads_with_from_pretrained_to_equal_logits(tmp_path, family_m
      "strategy.scope=layer"),
     (["model=hf", "model.dtype=float64"], "model.dtype"),
     (["model=hf", "model.device_map=balanced"], "model.device_map"),
+    (["model=hf", "dataset.calibration=pile"], "dataset.calibration=pile"),
+    # nothing is downloaded here: datasets' offline mode (or its absence) gives one line
+    (["model=hf", "dataset.calibration=c4"], "dataset.calibration=c4"),
+    (["model=hf", "dataset.calibration=wikitext2"], "dataset.calibration=wikitext2"),
+    (["model=hf", "dataset.calibration_path=x.txt"], "dataset.calibration_path"),
     pytest.param(["model=hf", "model.device_map=auto"], "model.device_map",
                  marks=pytest.mark.skipif(torch.cuda.is_available(),
                                           reason="refused only where there is no GPU")),
@@ -244,10 +249,36 @@ def cloze_accuracy(model, tokenizer) -> float:
     return right / len(CLOZE)
 
 
+def calibration_file(root):
+    """A calibration text unlike the evaluation text (the same words, other sentences)."""
+    file = root / "calibration.txt"
+    if not file.exists():
+        file.write_text(" ".join(f"the {a} ran to the {b}." for a in ("cat", "dog", "tea")
+                                 for b in ("mat", "park", "café")) * 3, encoding="utf-8")
+    return file
+
+
+def calibration_windows_sha256(tokens: list[int], samples: int, seq_len: int,
+                               seed: int) -> str:
+    """SHA-256 of the windows a calibration draw takes from one token stream: for each
+    window, a document drawn (the only one) and an offset drawn below len - seq_len."""
+    import hashlib
+
+    stream, generator = torch.tensor(tokens), torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256()
+    for _ in range(samples):
+        torch.randint(1, (1,), generator=generator)
+        start = int(torch.randint(len(stream) - seq_len, (1,), generator=generator))
+        digest.update(stream[start:start + seq_len].numpy().tobytes())
+    return digest.hexdigest()
+
+
 def test_eval_tasks_run_the_harness_on_each_phase(tmp_path, family_models):
     """eval.tasks with a task the test defines (a YAML over a JSON file): its accuracy on the
     dense, pruned and final models equals the test's own log-likelihood count, lands in
-    results.json with the harness's version and the task's config, and in the table."""
+    results.json with the harness's version and the task's config, and in the table. Wanda
+    calibrates on a text of its own (dataset.calibration=text): the windows it read are the
+    ones drawn here from that file with calibration.seed's generator."""
     import lm_eval
 
     from prunebench.models.hf import HFCausalLM
@@ -268,10 +299,17 @@ def test_eval_tasks_run_the_harness_on_each_phase(tmp_path, family_models):
                     "dataset.seq_len=32", "optimizer=adamw", "train.epochs=0",
                     "finetune.epochs=1", "train.batch_size=8", "strategy=wanda",
                     "strategy.amount=0.5", "eval.tasks=[tiny_cloze]",
-                    f"eval.include_path={tasks}"], cwd=tmp_path, env=OFFLINE)
+                    f"eval.include_path={tasks}", "dataset.calibration=text",
+                    f"dataset.calibration_path={calibration_file(tmp_path)}",
+                    "calibration.samples=12", "calibration.seed=7"], cwd=tmp_path, env=OFFLINE)
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "ok"
     tokenizer = transformers.AutoTokenizer.from_pretrained(folders["llama"])
+    assert results["calibration"]["source"] == "text"
+    assert results["calibration"]["sha256"] == calibration_windows_sha256(
+        tokenizer(calibration_file(tmp_path).read_text(), add_special_tokens=False)["input_ids"],
+        samples=12, seq_len=32, seed=7)
+    assert (results["calibration"]["windows"], results["calibration"]["seq_len"]) == (12, 32)
     vocabulary = transformers.AutoConfig.from_pretrained(folders["llama"]).vocab_size
     for phase in ("dense", "pruned", "final"):
         model = HFCausalLM((32,), vocabulary, name=str(folders["llama"])).eval()

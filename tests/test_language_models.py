@@ -90,7 +90,8 @@ def test_gpt_prunes_only_block_linears_and_reports_perplexity_per_phase(cli, cor
     for dense in ("wte.weight", "wpe.weight", "ln_f.weight"):
         assert torch.count_nonzero(state[dense]) == state[dense].numel()
     # l1 draws no calibration data; the record says so
-    assert results["calibration"] == {"source": "text:train", "seed": 1, "samples_limit": None,
+    assert results["calibration"] == {"source": "text:train", "text": None, "seed": 1,
+                                      "samples_limit": None,
                                       "batch_size": 16, "windows": 0, "seq_len": None,
                                       "sha256": None}
 

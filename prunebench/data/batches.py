@@ -63,6 +63,9 @@ class Dataset:
     task: str = "classify"
     # how a language model is judged (data/text.py), recorded in results.json as `protocol`
     protocol: dict | None = None
+    # a language model's calibration text apart from `train` (dataset.calibration): a
+    # data/calibration.py CalibrationText the session draws windows from; None: `train`
+    calibration: object | None = None
 
     @property
     def input_dtype(self) -> torch.dtype:

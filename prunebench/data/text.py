@@ -11,22 +11,25 @@ LLM-pruning papers' protocol (exp of the mean token cross-entropy). Tokens are U
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from prunebench.config.errors import ConfigError
 from prunebench.data.batches import Dataset, Split
+from prunebench.data.calibration import CalibrationText, calibration_text
+from prunebench.data.tokens import FORTUNES, hub_dataset, read_text, tokenize
 
 log = logging.getLogger(__name__)
-FORTUNES = Path("/usr/share/games/fortunes")  # Debian's `fortunes` package: ~2.5 MB English
 
 
 def load(name: str = "text", path: str | None = None, seq_len: int = 128,
          val_fraction: float = 0.05, test_fraction: float = 0.05, tokenizer: str = "bytes",
-         max_tokens: int | None = None) -> Dataset:
-    """`path` null reads the fortunes corpus; `max_tokens` keeps the stream's first tokens."""
+         max_tokens: int | None = None, calibration: str | None = None,
+         calibration_path: str | None = None) -> Dataset:
+    """`path` null reads the fortunes corpus; `max_tokens` keeps the stream's first tokens;
+    `calibration` (c4 | wikitext2 | text) another text to calibrate on (data/calibration.py)."""
+    calibrate = calibration_text(calibration, calibration_path, tokenizer)
     text = read_text(path)
     tokens, vocab = tokenize(text, tokenizer)
     if max_tokens:
@@ -40,11 +43,12 @@ def load(name: str = "text", path: str | None = None, seq_len: int = 128,
              f"{len(tokens):,}", vocab, n_train, n_val, len(tokens) - n_train - n_val)
     source = f"{path or FORTUNES}, cut {1 - val_fraction - test_fraction:g} / {val_fraction:g} / " \
         f"{test_fraction:g} into train / validation / test"
-    return token_dataset(name, parts, seq_len, vocab, source, tokenizer)
+    return token_dataset(name, parts, seq_len, vocab, source, tokenizer, calibrate)
 
 
 def token_dataset(name: str, parts: dict[str, Tensor], seq_len: int, vocab: int,
-                  source: str = "", tokenizer: str = "bytes") -> Dataset:
+                  source: str = "", tokenizer: str = "bytes",
+                  calibration: CalibrationText | None = None) -> Dataset:
     splits = {k: windows(v, seq_len) for k, v in parts.items() if len(v)}
     for split in ("train", "test"):
         if split not in splits or len(splits[split]) == 0:
@@ -58,7 +62,7 @@ def token_dataset(name: str, parts: dict[str, Tensor], seq_len: int, vocab: int,
                               "the test windows"}
     return Dataset(name, splits["train"], splits["test"], val if val and len(val) else None,
                    (seq_len,), vocab, mean=torch.zeros(1), std=torch.ones(1), scale=1.0,
-                   task="lm", protocol=protocol)
+                   task="lm", protocol=protocol, calibration=calibration)
 
 
 def windows(tokens: Tensor, seq_len: int) -> Split:
@@ -69,62 +73,16 @@ def windows(tokens: Tensor, seq_len: int) -> Split:
     return Split(x.contiguous(), y.contiguous())
 
 
-def read_text(path: str | None) -> str:
-    if path is None:
-        if not FORTUNES.is_dir():
-            raise ConfigError(f"dataset=text: no dataset.path and no fortunes corpus in "
-                              f"{FORTUNES}: `apt-get install fortunes`, or set dataset.path=FILE")
-        # the text files only: not the .dat indexes nor the .u8 links to the same files
-        found = sorted(p for p in FORTUNES.iterdir()
-                       if p.is_file() and not p.is_symlink() and not p.suffix)
-        return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in found)
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"dataset.path={path}: no such file")
-    try:
-        return file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"dataset.path={path} is not UTF-8 text (byte {err.start})") from None
-
-
-def tokenize(text: str, tokenizer: str) -> tuple[Tensor, int]:
-    """(token ids as int64, vocabulary size)."""
-    if tokenizer == "bytes":
-        raw = bytearray(text.encode("utf-8"))
-        return torch.frombuffer(raw, dtype=torch.uint8).long(), 256
-    from prunebench.models.hf import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    ids = tok(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long), len(tok)
-
-
 def load_wikitext2(name: str = "wikitext2", seq_len: int = 128,
-                   tokenizer: str = "bytes", config: str = "wikitext-2-raw-v1") -> Dataset:
+                   tokenizer: str = "bytes", config: str = "wikitext-2-raw-v1",
+                   calibration: str | None = None,
+                   calibration_path: str | None = None) -> Dataset:
     """WikiText-2 through the `datasets` library (Wanda's and SparseGPT's evaluation text):
     each split joined with blank lines into one stream, as both repositories do."""
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError("dataset=wikitext2 needs the `datasets` library: "
-                          "pip install 'prunebench[lm]'") from None
-    from huggingface_hub import constants
-
-    from prunebench.models.hub import offline_unless_reachable
-
-    offline_unless_reachable("dataset=wikitext2")
-    if constants.HF_HUB_OFFLINE:  # datasets copied the setting when imported (not tested here)
-        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            if hasattr(datasets.config, flag):
-                setattr(datasets.config, flag, True)
-    try:
-        raw = datasets.load_dataset("wikitext", config)
-    except Exception as err:  # offline, or the hub refused: one line, not a traceback
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"dataset=wikitext2: could not load wikitext/{config} (offline? "
-                          f"{first}); use dataset=text dataset.path=FILE offline") from None
+    calibrate = calibration_text(calibration, calibration_path, tokenizer)
+    raw = hub_dataset("dataset=wikitext2", "wikitext", config)
     parts, vocab = {}, 256
     for split, ours in (("train", "train"), ("validation", "val"), ("test", "test")):
         parts[ours], vocab = tokenize("\n\n".join(raw[split]["text"]), tokenizer)
     return token_dataset(name, parts, seq_len, vocab, f"wikitext/{config} through datasets, "
-                         "each split joined with blank lines", tokenizer)
+                         "each split joined with blank lines", tokenizer, calibrate)

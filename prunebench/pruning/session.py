@@ -20,6 +20,7 @@ from torch import nn
 
 from prunebench import distributed
 from prunebench.data import Dataset, batches, steps_per_epoch
+from prunebench.data.calibration import DEFAULT_SAMPLES
 from prunebench.pruning import macs, memory, recovery
 from prunebench.pruning.journal import Journal
 from prunebench.pruning.masks import Masks, mask_sparsity, sparsity_report
@@ -81,8 +82,10 @@ class Session:
         self.calibration_samples = settings.calibration_samples
         self.calibration_generator = (self.generator if seed is None else
                                       torch.Generator().manual_seed(self.calibration_seed))
+        text = data.calibration  # dataset.calibration (data/calibration.py), or the train split
         self.journal = Journal(calibration={
-            "source": f"{settings.dataset_name}:train", "seed": self.calibration_seed,
+            "source": f"{settings.dataset_name}:train" if text is None else text.name,
+            "text": None if text is None else text.source, "seed": self.calibration_seed,
             "samples_limit": self.calibration_samples, "batch_size": settings.batch_size,
             "windows": 0, "seq_len": None, "sha256": None})
         self._calibration_hash = hashlib.sha256()
@@ -123,11 +126,21 @@ class Session:
 
     def context(self) -> PruneContext:
         def train_batches():
+            if self.data.calibration is not None:  # calibration.samples fresh windows
+                return self.recorded(self.calibration_windows())
             drawn = batches(self.data, self.data.train, self.settings.batch_size, shuffle=True,
                             generator=self.calibration_generator)
             return self.recorded(limited(drawn, self.calibration_samples))
         return PruneContext(train_batches, cross_entropy, self.data.train.y.device,
                             self.calibration_generator)
+
+    def calibration_windows(self):
+        """Batches of windows drawn from the dataset's calibration text (dataset.calibration)."""
+        samples = self.calibration_samples or DEFAULT_SAMPLES
+        windows = self.data.calibration.draw(samples, self.data.input_shape[0],
+                                             self.calibration_generator)
+        yield from batches(self.data, windows.to(self.data.train.y.device),
+                           self.settings.batch_size, shuffle=False)
 
     def recorded(self, drawn):
         """The calibration batches, counted and hashed (the SHA-256 of the input ids or
