@@ -73,6 +73,32 @@ def test_exact_hessian_diagonal_equals_autograd_hessian():
     assert torch.allclose(flatten(scores), 0.5 * expected * flatten(weights).pow(2), atol=1e-6)
 
 
+def test_obd_rounds_recompute_the_diagonal_on_the_pruned_model():
+    """rounds=3 to 60%: three equal steps (20, 40, 60% of all weights), each ranking the
+    survivors by 1/2 H_ii w^2 with H the autograd Hessian of the model with the weights removed
+    so far zeroed; the model's weights are left as they were."""
+    model, batches = tiny_net(), make_batches()
+    weights = prunable_weights(model)
+    before = flatten(weights).clone()
+    ctx = context(batches, model)
+    masks = Hessian("hessian", estimator="exact", rounds=3).prune(model, weights, ctx.masks,
+                                                                  ctx, 0.6)
+    assert torch.equal(flatten(weights), before)
+    keep, sizes = torch.ones_like(before), [w.numel() for w in weights.values()]
+    for k in (1, 2, 3):
+        pruned = copy.deepcopy(model)
+        with torch.no_grad():
+            for w, m in zip(prunable_weights(pruned).values(), keep.split(sizes), strict=True):
+                w.mul_(m.view_as(w))
+        saliency = 0.5 * full_hessian(pruned, batches).diagonal() * before.pow(2)
+        order = saliency.masked_fill(keep == 0, -torch.inf).argsort()
+        keep[order[:round(0.6 * k / 3 * len(keep))]] = 0
+    assert torch.equal(flatten(masks), keep)
+    one_round = Hessian("hessian", estimator="exact", rounds=1).prune(model, weights, ctx.masks,
+                                                                      ctx, 0.6)
+    assert not torch.equal(flatten(one_round), keep)  # the recomputation changed the choice
+
+
 def test_hutchinson_within_its_standard_error():
     """E[v * Hv] = diag(H); the error of P probes has sd sqrt(sum_j!=i H_ij^2 / P)."""
     model, batches = tiny_net(), make_batches(count=1)

@@ -22,6 +22,17 @@
                        64-256-128-10 MLP, 8 batches x 8 probes: a third or more of the
                        entries negative, correlation 0.14 with the exact diagonal).
          exact         one Hessian row per weight (small models and tests).
+         rounds        pruning to an amount at weight granularity, OBD removes its share in
+                       `rounds` equal steps and recomputes the diagonal on the model with the
+                       removed weights zeroed before each next step: the curvature is local
+                       (a Taylor expansion at the current weights), and after removing most
+                       weights it is not the dense model's. This is the recomputation of
+                       WoodFisher's one-shot pruning (Singh & Alistarh 2020) without
+                       training between steps; LeCun et al. themselves prune, retrain and
+                       re-estimate in turns. One-shot at 90% on `make run`'s MLP, test
+                       (validation) accuracy before fine-tuning, 1 / 2 / 4 / 8 rounds:
+                       0.942 (0.931) / 0.944 (0.944) / 0.961 (0.958) / 0.961 (0.958), magnitude
+                       0.961 (0.938); 4 is the fewest with the best validation accuracy.
     obs  Optimal Brain Surgeon (Hassibi & Stork 1993) on the layer-wise problem of OBC and
          SparseGPT (Frantar & Alistarh 2022, 2023): each layer keeps its outputs W X close,
          whose Hessian is H = 2 X X^T / N over the layer's inputs, shared by all output rows.
@@ -33,7 +44,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -59,20 +72,21 @@ MAX_GN_OUTPUTS = 1000  # auto: larger outputs (a language model's tokens x vocab
 
 class Hessian(Strategy):
     def __init__(self, name: str, variant: str = "obd", estimator: str = "auto",
-                 batches: int = 4, probes: int = 8, draws: int = 1, damp: float = 0.01,
-                 block_size: int = 1024, max_memory_gb: float = 2.0, **selection):
+                 batches: int = 4, probes: int = 8, draws: int = 1, rounds: int = 4,
+                 damp: float = 0.01, block_size: int = 1024, max_memory_gb: float = 2.0,
+                 **selection):
         super().__init__(name, **selection)
         choice("strategy.variant", variant, VARIANTS)
         if estimator is not None:
             choice("strategy.estimator", estimator, ESTIMATORS)
         for key, value in (("batches", batches), ("probes", probes), ("draws", draws),
-                           ("block_size", block_size)):
+                           ("rounds", rounds), ("block_size", block_size)):
             number(f"strategy.{key}", value, low=1, integer=True, allowed="an integer >= 1")
         number("strategy.damp", damp, low=0, allowed="a number >= 0")
         number("strategy.max_memory_gb", max_memory_gb, low=0, low_open=True,
                allowed="a number > 0")
         self.variant, self.estimator = variant, estimator
-        self.batches, self.probes, self.draws = batches, probes, draws
+        self.batches, self.probes, self.draws, self.rounds = batches, probes, draws, rounds
         self.damp, self.block_size, self.max_memory_gb = damp, block_size, max_memory_gb
         self._curvature: dict[str, obs.LayerCurvature] = {}
 
@@ -87,8 +101,31 @@ class Hessian(Strategy):
                 self._curvature = obs.layer_curvatures(ctx.model, weights, batches, self.damp,
                                                        self.block_size, self.max_memory_gb)
                 return {n: c.saliency(weights[n]) for n, c in self._curvature.items()}
-            diagonal = self.diagonal(ctx.model, weights, batches, ctx)
-        return {n: 0.5 * diagonal[n] * w.detach().pow(2) for n, w in weights.items()}
+            return self.obd_scores(weights, batches, ctx)
+
+    def obd_scores(self, weights: dict[str, Tensor], batches: list[Batch],
+                   ctx: PruneContext) -> dict[str, Tensor]:
+        """1/2 H_ii w^2, in `rounds` rounds where the call prunes to an amount by weight: each
+        round removes an equal share of what is left to remove (with the same selection as the
+        final cut), then the diagonal is recomputed on the model with those weights zeroed;
+        the final scores mark what earlier rounds removed as -inf, so base.py's selection
+        meets the target. The same calibration batches serve every round."""
+        masks = dict(ctx.masks) if ctx.masks is not None else None
+        total = sum(w.numel() for w in weights.values())
+        start = 1.0 - sum(float(m.sum()) for m in masks.values()) / total if masks else 0.0
+        rounds = self.rounds if (masks and ctx.amount is not None and ctx.amount > start
+                                 and self.granularity == "weight" and self.pattern is None) else 1
+        for k in range(1, rounds + 1):
+            with zeroed(ctx.model, weights, masks if k > 1 else None):
+                diagonal = self.diagonal(ctx.model, weights, batches, ctx)
+            scores = {n: 0.5 * diagonal[n] * w.detach().pow(2) for n, w in weights.items()}
+            if k == rounds:
+                break
+            masks = self.select(scores, masks, start + (ctx.amount - start) * k / rounds)
+        if rounds == 1:
+            return scores
+        log.info("obd: %d rounds, the diagonal recomputed after each", rounds)
+        return {n: s.masked_fill(masks[n] == 0, -torch.inf) for n, s in scores.items()}
 
     @torch.no_grad()
     def compensate(self, weights: dict[str, Tensor], masks: dict[str, Tensor],
@@ -130,6 +167,28 @@ class Hessian(Strategy):
                               max(w.numel() for w in weights.values()))
         log.info("exact Hessian diagonal: %d rows at a time", chunk)
         return exact_diagonal(model, weights, batches, ctx, chunk)
+
+
+@contextlib.contextmanager
+def zeroed(model: nn.Module, weights: dict[str, Tensor],
+           masks: dict[str, Tensor] | None) -> Iterator[None]:
+    """The model's parameters behind `weights` multiplied by `masks` in place for the block,
+    their values restored after (a dynamic schedule keeps the dense values under its masks)."""
+    if masks is None:
+        yield
+        return
+    params = dict(model.named_parameters())
+    names = functional_names(model, weights)
+    saved = {n: params[names[n]].detach().clone() for n in weights}
+    try:
+        with torch.no_grad():
+            for n in weights:
+                params[names[n]].mul_(masks[n])
+        yield
+    finally:
+        with torch.no_grad():
+            for n, value in saved.items():
+                params[names[n]].copy_(value)
 
 
 @torch.no_grad()
