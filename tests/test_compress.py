@@ -35,7 +35,7 @@ def test_kmeans_1d_matches_sklearn_lloyd_from_the_same_linear_start():
 
 def test_kmeans_phase_shares_values_and_holds_masks(cli):
     results, out = cli([*PRUNE, "compress.quantize=kmeans", "compress.bits=2",
-                        "compress.finetune_epochs=2"])
+                        "compress.finetune_epochs=2", "compress.lr_scale=0.5"])
     final = torch.load(out / "checkpoints" / "final.pt", weights_only=True)
     quantized = torch.load(out / "checkpoints" / "quantized.pt", weights_only=True)
     without_finetune = {}
@@ -56,6 +56,10 @@ def test_kmeans_phase_shares_values_and_holds_masks(cli):
     assert results["quantized"]["nonzero"] == results["final"]["nonzero"]
     assert all(layer["levels"] <= 4 for layer in results["compress"]["layers"])
     assert len(results["compress"]["history"]) == 2
+    # the centroids' own learning rate: optimizer.lr * compress.lr_scale (the first epoch's)
+    lr = results["config"]["optimizer"]["lr"] * 0.5
+    assert results["compress"]["history"][0]["lr"] == pytest.approx(lr)
+    assert results["compress"]["lr"] == pytest.approx(lr)
 
 
 def test_int8_phase_is_symmetric_per_output_channel(cli):
@@ -82,6 +86,7 @@ def test_int8_phase_is_symmetric_per_output_channel(cli):
     (["compress.quantize=kmeanz"], "compress.quantize=kmeanz is invalid"),
     (["compress.quantize=kmeans", "compress.finetune_epochs=-1"],
      "compress.finetune_epochs=-1 is invalid"),
+    (["compress.quantize=kmeans", "compress.lr_scale=-1"], "compress.lr_scale=-1.0 is invalid"),
     (["export.compressed=true"], "export.compressed=true needs compress.quantize"),
     (["compress.quantize=kmeans", "strategy.amount=null", "strategy.threshold=1e9"],
      "no nonzero prunable weight is left to quantize"),

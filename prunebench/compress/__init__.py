@@ -4,6 +4,9 @@ as the `quantized` phase, and (export.compressed) write it as a compact file.
     compress.quantize         none | int8 | kmeans        (compress/quantize.py)
     compress.bits             kmeans: 2^bits shared values per layer (1..16); int8: 8
     compress.finetune_epochs  epochs training the shared values, assignment and masks fixed
+    compress.lr_scale         their learning rate = optimizer.lr * lr_scale (null:
+                              finetune.lr_scale); a centroid's gradient is the sum over its
+                              cluster, so a large layer may need a smaller rate than its weights
     compress.index_bits       width of the relative positions in the file; null: per layer,
                               the width that makes the layer smallest (compress/file.py)
 
@@ -49,6 +52,8 @@ def check(cfg: DictConfig) -> None:
                allowed=f"an integer 1 <= bits <= {MAX_BITS}")
     number("compress.finetune_epochs", _get(cfg, "compress.finetune_epochs", 0), low=0,
            integer=True, allowed="an integer >= 0")
+    number("compress.lr_scale", _get(cfg, "compress.lr_scale"), low=0, low_open=True,
+           optional=True, allowed="null or a number > 0")
     number("compress.index_bits", _get(cfg, "compress.index_bits"), low=1, high=MAX_INDEX_BITS,
            integer=True, optional=True, allowed=f"null or an integer 1 <= index_bits <= "
            f"{MAX_INDEX_BITS}")
@@ -80,7 +85,7 @@ def run(cfg: DictConfig, session, dense_state: dict, out_dir) -> dict:
     if epochs:
         shared.tables_trainable(session.model, layers)
         try:
-            optimizer = build.optimizer(cfg, session.model, cfg.finetune.lr_scale)
+            optimizer = build.optimizer(cfg, session.model, lr_scale(cfg))
             history = fit(session.model, session.data, optimizer,
                           build.lr_scheduler(cfg, optimizer, epochs),
                           build.fit_settings(cfg, epochs), session.generator, "quantized")
@@ -92,6 +97,7 @@ def run(cfg: DictConfig, session, dense_state: dict, out_dir) -> dict:
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                        if k in ("accuracy", "perplexity")))
     block = {"quantize": kind, "bits": bits, "finetune_epochs": epochs,
+             "lr": cfg.optimizer.lr * lr_scale(cfg) if epochs else None,
              "layers": [{"name": q.name, "nonzero": int(q.codes.numel()), "levels": q.levels()}
                         for q in layers],
              "quantize_s": quantize_s, "finetune_s": finetune_s, "peak_mb": used["peak_mb"],
@@ -100,6 +106,12 @@ def run(cfg: DictConfig, session, dense_state: dict, out_dir) -> dict:
     if _get(cfg, "export.compressed", False):
         out["size"] = export(cfg, session, layers, dense_state, out_dir)
     return out
+
+
+def lr_scale(cfg: DictConfig) -> float:
+    """The centroid fine-tuning's share of optimizer.lr (compress.lr_scale, else finetune's)."""
+    scale = _get(cfg, "compress.lr_scale")
+    return cfg.finetune.lr_scale if scale is None else scale
 
 
 def export(cfg: DictConfig, session, layers: list, dense_state: dict, out_dir) -> dict:

@@ -157,6 +157,8 @@ class Compress:
     bits: int = key(8, "kmeans: 2^bits shared values per layer (1..16); int8: 8")
     finetune_epochs: int = key(0, "epochs training the shared values, masks and cluster "
                                   "assignment fixed")
+    lr_scale: float | None = key(None, "learning rate of that fine-tuning = optimizer.lr * "
+                                       "lr_scale; null: finetune.lr_scale")
     index_bits: int | None = key(None, "width of the relative positions in the compressed "
                                        "file; null: per layer, the width that makes it smallest")
 
