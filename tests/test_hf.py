@@ -46,7 +46,8 @@ def run_tiny(tmp_path, tiny, *args) -> tuple[dict, object]:
 
 def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
     folder, corpus = tiny
-    results, out = run_tiny(tmp_path, tiny, "finetune.epochs=2", "strategy=wanda")
+    results, out = run_tiny(tmp_path, tiny, "finetune.epochs=2", "strategy=wanda",
+                            "compress.quantize=int8")
     assert results["status"] == "ok"
     assert results["config"]["dataset"]["tokenizer"] == str(folder)
     # GPT-2's Conv1D block layers, as Linear, are what was pruned; nothing outside the blocks
@@ -59,6 +60,16 @@ def test_hf_model_loads_prunes_finetunes_and_evaluates_offline(tmp_path, tiny):
     for dense in ("model.transformer.wte.weight", "model.lm_head.weight",
                   "model.transformer.ln_f.weight"):
         assert torch.count_nonzero(final[dense]) == final[dense].numel()
+    # compress.quantize=int8 on the block layers (Linear, [out, in]): symmetric per output row,
+    # reported as perplexity
+    quantized = torch.load(out / "checkpoints" / "quantized.pt")
+    for name in names:
+        w = final[name].double()
+        scale = (w.abs().amax(1) / 127)[:, None]
+        reference = torch.where(scale > 0, torch.round(w / scale.clamp_min(1e-30)) * scale, 0)
+        assert torch.allclose(quantized[name].double(), reference, atol=1e-6), name
+    assert math.isfinite(results["quantized"]["perplexity"])
+    assert "accuracy" not in results["quantized"]
 
     # the dense phase is the saved model itself: transformers' own shifted loss agrees
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
