@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_cli
@@ -119,30 +121,43 @@ def test_unpruned_layers_keep_dense_kernels():
                                                                                     "masked"}
 
 
-def test_paired_speedup_is_the_ratio_of_medians_with_its_interval():
-    """Rounds where the deployed form takes half the time: ratio of medians 2 and an interval
-    around it that excludes 1; two forms timed alike: an interval containing 1, not
-    significant. The interval is compared with a bootstrap over the paired rounds written
-    here."""
-    import numpy as np
+def test_interleaved_rounds_alternate_their_order_on_one_pinned_core():
+    """After two warm-up calls each, rounds run a, b, c then c, b, a ...; at one thread every
+    call runs with the thread bound to one CPU, and its affinity is restored after."""
+    calls, cpus = [], []
+    fns = {n: (lambda n=n: (calls.append(n), cpus.append(len(os.sched_getaffinity(0)))))
+           for n in "abc"}
+    kept = os.sched_getaffinity(0)
+    times = sparse.interleaved(fns, 1, block_s=0.0, budget_s=0.0, rounds=(4, 4))
+    assert calls == list("aabbcc") + list("abccbaabccba")
+    assert all(len(t) == 4 for t in times.values())
+    assert set(cpus) == {1} and os.sched_getaffinity(0) == kept
 
+
+def test_paired_speedup_is_the_median_paired_ratio_with_its_interval():
+    """Rounds where the deployed form takes half the time: ratio 2 and an interval around it
+    that excludes 1, even when the load changes from round to round (it slows both sides of
+    a pair); two forms timed alike: an interval containing 1, not significant. The interval
+    is compared with a bootstrap of the median ratio written here."""
     rng = np.random.default_rng(1)
     dense = 1.0 + 0.1 * rng.random(15)
-    clear = latency.paired_speedup({"dense": list(dense), "sparse": list(dense / 2)}, "sparse")
+    load = np.where(np.arange(15) % 3 == 0, 3.0, 1.0)  # every third round three times slower
+    clear = latency.paired_speedup({"dense": list(dense * load),
+                                    "sparse": list(dense * load / 2)}, "sparse")
     assert clear["ratio"] == pytest.approx(2.0) and clear["significant"]
     assert clear["low"] == pytest.approx(2.0) and clear["high"] == pytest.approx(2.0)
-    other = 1.0 + 0.1 * rng.random(15)
+    dense, other = 1.0 + 0.1 * rng.random(101), 1.0 + 0.1 * rng.random(101)
     even = latency.paired_speedup({"dense": list(dense), "sparse": list(other)}, "sparse")
-    assert even["ratio"] == pytest.approx(np.median(dense) / np.median(other))
+    assert even["ratio"] == pytest.approx(np.median(dense / other))
     assert even["low"] < 1.0 < even["high"] and not even["significant"]
-    picks = rng.integers(0, 15, (4000, 15))  # the same pairs resampled together
-    ratios = np.median(dense[picks], axis=1) / np.median(other[picks], axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
+    picks = rng.integers(0, 101, (20000, 101))  # the pairs resampled
+    medians = np.median((dense / other)[picks], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
     assert even["low"] == pytest.approx(low, abs=0.01)
     assert even["high"] == pytest.approx(high, abs=0.01)
     assert latency.paired_speedup({"dense": list(dense)}, "dense") == {
         "ratio": 1.0, "low": 1.0, "high": 1.0, "significant": False, "form": "dense",
-        "rounds": 15}
+        "rounds": 101}
 
 
 def test_forced_csr_and_dense_kernels():
@@ -209,10 +224,14 @@ def test_run_measures_every_form_and_exports_sparse(cli, tmp_path):
     # the speedup is the deployed form's: sparse when a layer runs CSR there, else exactly 1
     head = lat["speedups"]["batch_64"]["threads_1"]
     assert lat["speedup"] == head["ratio"] and lat["speedup_form"] == head["form"]
+    rounds = lat["rounds_ms"]  # the headline setting's rounds, each form's ms per call
+    assert len(rounds["dense"]) == head["rounds"] and lat["forms"]["dense"]["batch_64"][
+        "threads_1"] == pytest.approx(float(np.median(rounds["dense"])))
     if head["form"] == "sparse":
-        assert lat["speedup"] == pytest.approx(lat["forms"]["dense"]["batch_64"]["threads_1"]
-                                               / lat["forms"]["sparse"]["batch_64"]["threads_1"])
+        assert lat["speedup"] == pytest.approx(float(np.median(
+            np.array(rounds["dense"]) / np.array(rounds["sparse"]))))
         assert lat["speedup_low"] <= lat["speedup"] <= lat["speedup_high"]
+        assert head["rounds"] >= latency.HEADLINE_ROUNDS[0]
     else:
         assert lat["speedup"] == 1.0 and "threads_1" not in lat["forms"].get(
             "sparse", {}).get("batch_64", {})

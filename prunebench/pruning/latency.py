@@ -15,19 +15,23 @@ runs the dense computation: its ratio to dense is noise). When every layer kept 
 kernel the deployed form is the dense model itself: the speedup is exactly 1.0, form `dense`,
 and nothing is timed against it.
 
-The forms are timed interleaved (dense, masked, deployed, dense, masked, deployed...) over
-`rounds` rounds, each form's round a block of calls lasting about BLOCK_S, so a burst of load
-on a shared machine hits every form alike (sparse.interleaved); at one thread the clock is the
-thread's CPU time, which leaves out the waits for a core (sparse.clock). The speedup is the
-ratio of the median round times, with a 95% percentile-bootstrap interval over the paired
-rounds (scipy.stats.bootstrap); an interval that contains 1 is not significant. The budget
+The forms are timed interleaved (dense, masked, deployed, then deployed, masked, dense...)
+over `rounds` rounds, each form's round a block of calls lasting about BLOCK_S, so a burst of
+load on a shared machine hits every form alike (sparse.interleaved); at one thread the clock is
+the thread's CPU time, which leaves out the waits for a core (sparse.clock), and the thread is
+pinned to one core while it times (sparse.one_core). The speedup is the median of the paired
+rounds' ratios (dense round / deployed round: a load that changes between rounds slows both
+sides of a pair alike and cancels in its ratio), with a 95% percentile-bootstrap interval of
+that median (scipy.stats.bootstrap); an interval that contains 1 is not significant. The budget
 scales with the model: SETTING_S of rounds per setting when forwards are short (a 0.1 ms
-forward is measured in well under a second for all four settings), at least ROUNDS[0]
-calls of each form when they are long.
+forward is measured in well under a second for all four settings), at least ROUNDS[0] calls
+of each form when they are long; the headline setting, when a deployed form is timed against
+dense, gets HEADLINE_S and up to HEADLINE_ROUNDS[1] rounds.
 
     latency.forms[form][batch_B][threads_T]   median ms per forward over the rounds
     latency.kernels[batch_B][threads_T]       per layer: kernel, density, dense_us, csr_us
     latency.speedups[batch_B][threads_T]      ratio, low, high (95%), significant, form, rounds
+    latency.rounds_ms[form]                   the headline setting's ms per call in each round
     latency.int8_speedups[batch_B][threads_T] the `int8` form against dense, the same way
     latency.int8_max_abs_diff                 largest |int8 - masked| output on the test batch
     latency.speedup (+ speedup_low, speedup_high, speedup_significant, speedup_form)
@@ -56,6 +60,8 @@ BATCHES = (1, 64)
 BLOCK_S = 0.002          # one form's share of a round: enough calls to last this long
 SETTING_S = 0.1          # rounds per setting: as many as fit this budget, within the bounds
 ROUNDS = (7, 21)         # at least and at most this many rounds
+HEADLINE_S = 1.0         # the headline speedup's setting: more rounds, a tighter median
+HEADLINE_ROUNDS = (21, 201)
 RESAMPLES = 2000         # bootstrap resamples of the paired rounds
 
 
@@ -109,7 +115,7 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
     x = x.to(device)
     threads = sorted({1, torch.get_num_threads()}) if device.type == "cpu" else [1]
     forms: dict[str, dict] = {}
-    kernels, speedups, int8_speedups = {}, {}, {}
+    kernels, speedups, int8_speedups, rounds_ms = {}, {}, {}, {}
     with steps("latency", len(batch_sizes) * len(threads)) as advance:
         for size in batch_sizes:
             xb = example_batch(x, size)
@@ -122,9 +128,14 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
                 timed = dict(models)
                 if any(row["kernel"] == "csr" for row in kernels[b][t]):
                     timed["sparse"] = form  # else it is the masked model: nothing to time
+                at_headline = (size, count) == (max(batch_sizes), 1)
+                budget, bounds = (HEADLINE_S, HEADLINE_ROUNDS) \
+                    if at_headline and deployed_form(timed) != "dense" else (SETTING_S, ROUNDS)
                 rounds = sparse.interleaved(
-                    {n: forward(m, xb) for n, m in timed.items()}, count, BLOCK_S, SETTING_S,
-                    ROUNDS, wall=device.type != "cpu")
+                    {n: forward(m, xb) for n, m in timed.items()}, count, BLOCK_S, budget,
+                    bounds, wall=device.type != "cpu")
+                if at_headline:
+                    rounds_ms = rounds
                 for name, ms in rounds.items():
                     forms.setdefault(name, {}).setdefault(b, {})[t] = float(np.median(ms))
                 speedups[b][t] = paired_speedup(rounds, deployed_form(timed))
@@ -139,6 +150,7 @@ def measure(masked: nn.Module, dense: nn.Module, x: Tensor, kernel: str,
             "speedup": headline["ratio"], "speedup_low": headline["low"],
             "speedup_high": headline["high"], "speedup_significant": headline["significant"],
             "speedup_form": headline["form"], "speedup_at": "/".join(at), **diffs,
+            "rounds_ms": rounds_ms,
             **({"int8_speedups": int8_speedups, "int8_max_abs_diff": float(
                 (int8(x) - masked(x)).abs().max())} if int8 is not None else {}),
             "measure_s": time.perf_counter() - start}
@@ -177,22 +189,19 @@ def forward(model: nn.Module, x: Tensor):
 
 
 def paired_speedup(rounds: dict[str, list[float]], form: str) -> dict:
-    """Median dense ms / median `form` ms with a 95% bootstrap interval over the paired
-    rounds; exactly 1 (no interval needed) when the deployed form is the dense model."""
+    """The median of the paired rounds' ratios dense ms / `form` ms, with a 95% bootstrap
+    interval of that median; exactly 1 (no interval needed) when the deployed form is the
+    dense model."""
     count = len(rounds["dense"])
     if form == "dense":
         return {"ratio": 1.0, "low": 1.0, "high": 1.0, "significant": False, "form": "dense",
                 "rounds": count}
     from scipy.stats import bootstrap  # imported here: scipy.stats takes a second to import
 
-    dense, other = np.asarray(rounds["dense"]), np.asarray(rounds[form])
-
-    def ratio(a, b, axis=-1):
-        return np.median(a, axis=axis) / np.median(b, axis=axis)
-
-    interval = bootstrap((dense, other), ratio, paired=True, vectorized=True,
-                         n_resamples=RESAMPLES, method="percentile",
+    ratios = np.asarray(rounds["dense"]) / np.asarray(rounds[form])
+    interval = bootstrap((ratios,), np.median, vectorized=True, n_resamples=RESAMPLES,
+                         method="percentile",
                          random_state=np.random.default_rng(0)).confidence_interval
     low, high = float(interval.low), float(interval.high)
-    return {"ratio": float(ratio(dense, other)), "low": low, "high": high,
+    return {"ratio": float(np.median(ratios)), "low": low, "high": high,
             "significant": not low <= 1.0 <= high, "form": form, "rounds": count}

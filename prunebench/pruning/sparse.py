@@ -17,12 +17,15 @@ kernels.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,22 +161,58 @@ def clock(threads: int, wall: bool = False) -> Callable[[], float]:
 def interleaved(fns: dict[str, Callable], threads: int, block_s: float, budget_s: float,
                 rounds: tuple[int, int], wall: bool = False) -> dict[str, list[float]]:
     """ms per call of each function in each round, the functions timed in turn in a round
-    (a burst of load hits them alike). Each is warmed up (two calls) first; a round calls each
-    the same number of times, enough for the slowest to last `block_s`; as many rounds as fit
-    `budget_s`, within `rounds` (min, max). `wall`: wall time at any thread count (a CUDA
-    forward, whose work is not the calling thread's)."""
+    (a burst of load hits them alike), in reverse order every other round (so none always
+    runs right after another's cache traffic). Each is warmed up (two calls) first; a round
+    calls each the same number of times, enough for the slowest to last `block_s`; as many
+    rounds as fit `budget_s`, within `rounds` (min, max). `wall`: wall time at any thread
+    count (a CUDA forward, whose work is not the calling thread's). At one thread the
+    calling thread is pinned to the core it is on while it times (`one_core`)."""
     one = {}
-    for name, fn in fns.items():
-        once(fn, threads, wall)
-        one[name] = once(fn, threads, wall) / 1e3
-    calls = max(1, math.ceil(block_s / max(max(one.values()), 1e-9)))
-    count = min(rounds[1], max(rounds[0], int(budget_s / (calls * sum(one.values()) + 1e-9))))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(count):
+    with one_core(threads == 1 and not wall):
         for name, fn in fns.items():
-            block = once(lambda fn=fn: [fn() for _ in range(calls)], threads, wall)
-            times[name].append(block / calls)
+            once(fn, threads, wall)
+            one[name] = once(fn, threads, wall) / 1e3
+        calls = max(1, math.ceil(block_s / max(max(one.values()), 1e-9)))
+        count = min(rounds[1], max(rounds[0], int(budget_s / (calls * sum(one.values()) + 1e-9))))
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        order = list(fns)
+        for i in range(count):
+            for name in order if i % 2 == 0 else order[::-1]:
+                fn = fns[name]
+                block = once(lambda fn=fn: [fn() for _ in range(calls)], threads, wall)
+                times[name].append(block / calls)
     return times
+
+
+@contextlib.contextmanager
+def one_core(pin: bool) -> Iterator[None]:
+    """With `pin`, the calling thread bound to the CPU it runs on for the block (Linux
+    sched_setaffinity on thread id 0), its affinity restored after: a thread the scheduler
+    moves between cores refills its caches on the new one, which a busy machine does often.
+    A no-op where the platform has no affinity call."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    kept = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {current_cpu(kept)})
+    except OSError:  # a container may forbid it: time unpinned
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, kept)
+
+
+def current_cpu(allowed: set[int]) -> int:
+    """The CPU the calling thread runs on (field 39 of /proc/thread-self/stat), else the
+    first one it may run on."""
+    try:
+        stat = Path("/proc/thread-self/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return min(allowed)
 
 
 def torch_benchmark():
