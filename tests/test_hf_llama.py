@@ -47,15 +47,22 @@ def test_every_lm_criterion_prunes_each_family(tmp_path, family_models, family):
     """Magnitude, Wanda and SparseGPT at 50% unstructured and 2:4: every block Linear (and
     nothing else) loses its half (per layer; 2 of every 4 inputs with 2:4); magnitude's mask
     is the brute-force top half of |W| over all block weights; SparseGPT moves the kept
-    weights, the others keep them as they were."""
+    weights, the others keep them as they were. With model.offload=true each run gives the
+    same pruned model, bit for bit."""
     folders, corpus = family_models
     dense = transformers.AutoModelForCausalLM.from_pretrained(folders[family]).state_dict()
     runs = sweep(tmp_path, folders[family], corpus, "strategy=l1,wanda,sparsegpt",
-                 "strategy.pattern=null,2:4")
-    assert [(r["config"]["strategy"]["name"], r["config"]["strategy"]["pattern"])
-            for r, _ in runs] == [(s, p) for s in ("l1", "wanda", "sparsegpt")
-                                  for p in (None, "2:4")]
-    for results, folder in runs:
+                 "strategy.pattern=null,2:4", "model.offload=false,true", "inference.measure=false")
+    assert [(r["config"]["strategy"]["name"], r["config"]["strategy"]["pattern"],
+             r["config"]["model"]["offload"]) for r, _ in runs] == [
+        (s, p, o) for s in ("l1", "wanda", "sparsegpt") for p in (None, "2:4")
+        for o in (False, True)]
+    for (_, plain), (_, offloaded) in zip(runs[::2], runs[1::2], strict=True):
+        # model.offload=true (one block at a time, strategies/offload.py): the same model
+        once, blockwise = (torch.load(f / "checkpoints" / "pruned.pt")
+                           for f in (plain, offloaded))
+        assert all(torch.equal(once[n], blockwise[n]) for n in once), offloaded
+    for results, folder in runs[::2]:
         strategy = results["config"]["strategy"]
         name, pattern = strategy["name"], strategy["pattern"]
         assert results["status"] == "ok"
@@ -207,6 +214,7 @@ def test_export_hf_loads_with_from_pretrained_to_equal_logits(tmp_path, family_m
     (["model=hf", "model.dtype=float64"], "model.dtype"),
     (["model=hf", "model.device_map=balanced"], "model.device_map"),
     (["model=hf", "dataset.calibration=pile"], "dataset.calibration=pile"),
+    (["model=hf", "model.offload=yes"], "model.offload"),
     # nothing is downloaded here: datasets' offline mode (or its absence) gives one line
     (["model=hf", "dataset.calibration=c4"], "dataset.calibration=c4"),
     (["model=hf", "dataset.calibration=wikitext2"], "dataset.calibration=wikitext2"),

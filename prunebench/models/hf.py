@@ -70,8 +70,15 @@ def first_line(err: BaseException) -> str:
 class HFCausalLM(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, name: str,
                  tokenizer: str | None = None, revision: str | None = None,
-                 dtype: str = "float32", device_map: str | None = None):
+                 dtype: str = "float32", device_map: str | None = None,
+                 offload: bool = False):
         super().__init__()
+        if offload not in (True, False):
+            raise ConfigError(f"model.offload={offload} is invalid: allowed true, false")
+        if offload and device_map is not None:
+            raise ConfigError("model.offload=true keeps the blocks off the device: leave "
+                              "model.device_map null")
+        self.offload = offload
         if dtype not in DTYPES:
             raise ConfigError(f"model.dtype={dtype} is invalid: allowed {', '.join(DTYPES)}")
         check_device_map(device_map)
@@ -108,8 +115,21 @@ class HFCausalLM(nn.Module):
         return self.model(input_ids=idx, use_cache=False).logits.float().to(idx.device)
 
     def to(self, *args, **kwargs):
-        """A model placed across devices by accelerate (model.device_map) stays where it is."""
-        return self if self.dispatched else super().to(*args, **kwargs)
+        """A model placed across devices by accelerate (model.device_map) stays where it is.
+        With model.offload the decoder blocks stay in CPU memory and the rest moves: each
+        block goes to the device for its own forward and back (`stream_blocks`)."""
+        if self.dispatched:
+            return self
+        if not self.offload:
+            return super().to(*args, **kwargs)
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        blocks = decoder_block_list(self.model)
+        inside = {id(m) for m in blocks.modules()}
+        for module in self.modules():
+            if id(module) not in inside:
+                module._apply(lambda t: t.to(device), recurse=False)
+        stream_blocks(blocks, device)
+        return self
 
     def declared_units(self) -> dict[str, list[tuple[str, int]]] | None:
         """granularity=neuron on a gated MLP (Llama, Mistral, Qwen2): a unit is one hidden
@@ -129,6 +149,28 @@ class HFCausalLM(nn.Module):
                 *((f"{up}.{p}", 0) for p, _ in layers[1].named_parameters()),
                 (f"{down}.weight", 1)]
         return units or None
+
+
+def decoder_block_list(model: nn.Module) -> nn.ModuleList:
+    """The first nn.ModuleList that holds Linear layers: the decoder blocks."""
+    return next(m for m in model.modules() if isinstance(m, nn.ModuleList)
+                and any(isinstance(c, nn.Linear) for c in m.modules()))
+
+
+def stream_blocks(blocks: nn.ModuleList, device: torch.device | None) -> None:
+    """Each block moved to `device` for its forward and back to the CPU after, unless it is
+    held there (`offload_held`: the block-by-block pruning in strategies/offload.py)."""
+    if device is None or torch.device(device).type == "cpu":
+        return
+    for block in blocks:
+        if getattr(block, "offload_hooks", None):
+            continue
+        block.offload_hooks = (
+            block.register_forward_pre_hook(
+                lambda m, _args: None if getattr(m, "offload_held", False) else m.to(device)),
+            block.register_forward_hook(
+                lambda m, _args, _out: None if getattr(m, "offload_held", False)
+                else m.to("cpu")))
 
 
 def check_device_map(device_map: str | None) -> None:

@@ -28,6 +28,7 @@ from prunebench.pruning.replay import Replay
 from prunebench.runstate import files
 from prunebench.runstate.resume import restore_training, training_state
 from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.strategies.offload import BlockStore
 from prunebench.training.loop import FitSettings, cross_entropy, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
@@ -131,8 +132,12 @@ class Session:
             drawn = batches(self.data, self.data.train, self.settings.batch_size, shuffle=True,
                             generator=self.calibration_generator)
             return self.recorded(limited(drawn, self.calibration_samples))
-        return PruneContext(train_batches, cross_entropy, self.data.train.y.device,
-                            self.calibration_generator)
+        device = self.data.train.y.device
+        # model.offload: blocks kept off the device, checkpointed in the run folder
+        store = (BlockStore(self.out_dir / "offload", device)
+                 if getattr(self.model, "offload", False) else None)
+        return PruneContext(train_batches, cross_entropy, device, self.calibration_generator,
+                            offload=store)
 
     def calibration_windows(self):
         """Batches of windows drawn from the dataset's calibration text (dataset.calibration)."""

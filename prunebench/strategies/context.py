@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from prunebench.pruning.units import Units
+    from prunebench.strategies.offload import BlockStore
 
 
 @dataclass
@@ -31,3 +32,4 @@ class PruneContext:
     masks: dict[str, Tensor] | None = None
     amount: float | None = None
     units: Units | None = None
+    offload: BlockStore | None = None  # model.offload: layer-wise criteria block by block

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
 from prunebench.config.values import number
-from prunebench.strategies import calibration, obs
+from prunebench.strategies import calibration, obs, offload
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 from prunebench.strategies.patterns import fits_pattern, nm_keep, pattern_removes
@@ -103,8 +103,13 @@ class SparseGPT(Strategy):
                 new[n] = keep.to(masks[n].dtype) * masks[n]
 
         with eval_mode(model):
-            calibration.sequential(model, weights, batches, start, prune_group,
-                                   cost=plan.__getitem__, budget=budget, label="sparsegpt")
+            if ctx.offload is not None:  # model.offload: one block on the device at a time
+                offload.sequential(model, weights, batches, ctx.offload, start, prune_group,
+                                   new, cost=plan.__getitem__, budget=budget,
+                                   label="sparsegpt")
+            else:
+                calibration.sequential(model, weights, batches, start, prune_group,
+                                       cost=plan.__getitem__, budget=budget, label="sparsegpt")
         return new
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prunebench.strategies import calibration, obs
+from prunebench.strategies import calibration, obs, offload
 from prunebench.strategies.autodiff import eval_mode, take_batches
 from prunebench.strategies.base import PruneContext, Strategy
 
@@ -63,7 +63,12 @@ class Wanda(Strategy):
                 weights[n].mul_(new[n])
 
         with eval_mode(model):
-            calibration.sequential(model, weights, batches, start, prune_group, label="wanda")
+            if ctx.offload is not None:  # model.offload: one block on the device at a time
+                offload.sequential(model, weights, batches, ctx.offload, start, prune_group,
+                                   new, label="wanda")
+            else:
+                calibration.sequential(model, weights, batches, start, prune_group,
+                                       label="wanda")
         return new
 
 
