@@ -9,9 +9,12 @@ site's `<!-- prunebench:csv PATH -->` marker (docs/hooks/prunebench_docs.py) pri
 the table and fails without it, so a table on the site is one a script wrote. Both files are
 written atomically (temporary, then rename).
 
-`ratio(numerator_times, denominator_times)` is the ratio of medians of interleaved repeats with
-a 95% bootstrap interval over the paired repeats (the latency block's estimator,
-prunebench.pruning.latency.paired_speedup), as text: `1.04x [0.98, 1.10]`.
+`ratio(numerator_times, denominator_times)` is the latency block's estimator
+(prunebench.pruning.latency.paired_speedup) on interleaved repeats, as text: `1.04x [0.98,
+1.10]`: since commit 4af334e the median of the paired repeats' ratios with a 95% bootstrap
+interval of that median (a load change between repeats cancels within a pair); tables written
+before it (their sidecar's commit says) hold the ratio of medians with a paired bootstrap
+interval.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ DOCS_DATA = ROOT / "docs" / "performance" / "data"
 
 
 def ratio(numerator: list[float], denominator: list[float]) -> str:
-    """median(numerator) / median(denominator) with its 95% interval, as the tables show it."""
+    """The paired repeats' ratio numerator / denominator with its 95% interval, as the tables
+    show it."""
     if len(numerator) < 2:
         return f"{numerator[0] / denominator[0]:.2f}x"
     r = paired_speedup({"dense": list(numerator), "other": list(denominator)}, "other")

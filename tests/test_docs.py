@@ -3,8 +3,10 @@ every schema key with a help text, and the command examples marked in the docs s
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -149,3 +151,48 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "higher = more important" in api  # Strategy.score's docstring, via mkdocstrings
     assert (BIN / "prunebench").exists()
+
+
+# --- the benchmark tables: CSV files a scripts/bench_*.py wrote, included by the pages ---------
+CSV_MARK = re.compile(r"^<!-- prunebench:csv (?P<path>\S+) -->$", re.M)
+
+
+def included_tables() -> list:
+    return sorted({DOCS / m["path"] for page in DOCS.rglob("*.md")
+                   for m in CSV_MARK.finditer(page.read_text())})
+
+
+def test_every_included_table_was_written_by_its_script():
+    """Each CSV a page includes has the sidecar scripts/benchtable.py writes with it: the
+    command (a scripts/bench_*.py that writes this file) and the commit of the measured code,
+    a commit of this repository without uncommitted changes to what was measured."""
+    tables = included_tables()
+    assert len(tables) >= 9, tables
+    for table in tables:
+        meta = json.loads(table.with_suffix(".json").read_text())
+        [script] = [a for a in shlex.split(meta["command"]) if a.startswith("scripts/bench_")]
+        assert table.name in (ROOT / script).read_text(), (table, script)
+        assert not meta["commit"].endswith("-dirty"), (table, meta["commit"])
+        known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e",
+                                f"{meta['commit']}^{{commit}}"], capture_output=True)
+        assert known.returncode == 0, (table, meta["commit"])
+        assert meta["date"] and meta["cores"] >= 1 and len(meta["load average"]) == 3
+
+
+def test_a_script_writes_the_header_its_page_includes(tmp_path):
+    """bench_overhead.py at a tiny size writes the table the Training page includes: same
+    header, same rows, and its sidecar, through the hook's own rendering."""
+    out = tmp_path / "bench_overhead.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"),
+                           "--rounds", "2", "--steps", "1", "--csv", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = DOCS / "performance" / "data" / "bench_overhead.csv"
+    assert page in included_tables()
+    written, included = (list(csv.reader(p.read_text().splitlines())) for p in (out, page))
+    assert written[0] == included[0]
+    assert [r[0] for r in written[1:]] == [r[0] for r in included[1:]]  # the variants
+    assert re.fullmatch(r"1\.00x \[1\.00, 1\.00\]", written[1][-1])  # dense against itself
+    pytest.importorskip("mkdocs")
+    rendered = _hook().csv_table(out)
+    assert "scripts/bench_overhead.py --rounds 2 --steps 1" in rendered

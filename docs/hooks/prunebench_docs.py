@@ -5,15 +5,18 @@ A page asks for them with an HTML comment on a line of its own:
     <!-- prunebench:config-schema -->     every key of the structured schema: type, default, help
     <!-- prunebench:config-options -->    every option of every config group and its YAML keys
     <!-- prunebench:csv PATH -->          a table of PATH (relative to docs/), a CSV file that a
-                                          scripts/bench_*.py wrote
+                                          scripts/bench_*.py wrote, and under it the command,
+                                          date, commit and load its sidecar PATH.json records
 
 A schema key without a help text fails the build with its name (prunebench/config/schema.py:
-declare it with `key(default, "help")`); so does a CSV file that is missing or empty.
+declare it with `key(default, "help")`); so does a CSV file that is missing or empty, or
+without its sidecar (scripts/benchtable.py writes both).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -42,7 +45,21 @@ def csv_table(path: Path) -> str:
         raise PluginError(f"benchmark table {path} has no rows")
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + provenance(path.with_suffix(".json")) + "\n"
+
+
+def provenance(path: Path) -> str:
+    """The line under a benchmark table: how, when and on what the script measured it."""
+    try:
+        p = json.loads(path.read_text())
+        load = p["load average"]
+        return (f"*Written by `{p['command']}` on {p['date']}, commit {p['commit']}, torch "
+                f"{p['torch']}, {p['cores']} cores, load average {load[0]} / {load[1]} / "
+                f"{load[2]} (1 / 5 / 15 min) when it finished.*")
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise PluginError(f"benchmark table {path.with_suffix('.csv')}: its sidecar {path} "
+                          f"(written with it by scripts/benchtable.py) is missing or "
+                          f"incomplete: {e!r}") from e
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
