@@ -13,6 +13,17 @@ set size of a forked child), divided by the same figure for the forward+backward
 The Hutchinson rows show the cost of P probes against P single Hessian-vector products.
 `--only hessian/obd/exact --model mlp` adds the exact diagonal (one HVP per weight: slow).
 
+    python scripts/bench_strategies.py --lm --offload [--layers 16] [--width 1024]
+
+SparseGPT (50%) on a random-init Llama of `--layers` blocks of width `--width` (GQA, MLP 2.75x
+wide, vocabulary 32000: 245M parameters at the defaults, float32), saved as a safetensors
+checkpoint, pruned from that folder in a fresh process per run: without offload (the model
+loaded whole, the whole-model pass of strategies/calibration.py) and with it (its blocks left
+on disk and pruned one at a time, strategies/offload.py), the two alternating `--repeats`
+times. Peak memory: the child's peak RSS above its RSS after the imports; time: loading and
+pruning. Ratios offload / whole with a 95% bootstrap interval over the paired repeats; the
+table goes to --csv (default docs/performance/data/bench_offload.csv).
+
     python scripts/bench_strategies.py --lm [--windows 128] [--seq-len 128] [--threads 2]
 
 The LM criteria on one GPT-2-sized MLP layer at a time, Linear(768, 3072) (weight 3072 x 768)
@@ -249,6 +260,127 @@ def lm_row(layer: str, criterion: str, seconds: float, x_time: str, peak: float,
             "memory x forward": f"{x_memory:.1f}"}
 
 
+def lm_offload(args) -> None:
+    """SparseGPT on a random Llama checkpoint, whole in memory and from disk, alternating."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    if args.csv == str(DOCS_DATA / "bench_strategies_lm.csv"):
+        args.csv = str(DOCS_DATA / "bench_offload.csv")
+    with tempfile.TemporaryDirectory(prefix="bench-offload-") as tmp:
+        folder, params = llama_checkpoint(Path(tmp) / "llama", args.layers, args.width)
+        print(f"Llama, {args.layers} blocks of width {args.width}: {params / 1e6:.0f}M "
+              f"parameters, {params * 4 / 2**20:.0f} MiB float32; SparseGPT 50%, "
+              f"{args.windows} windows of {args.seq_len} tokens, {args.threads} threads")
+        measured = {"whole": [], "offload": []}
+        for repeat in range(args.repeats):
+            for mode in (("whole", "offload") if repeat % 2 == 0 else ("offload", "whole")):
+                child = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, str(folder),
+                     str(Path(tmp) / f"work-{repeat}"), "--windows", str(args.windows),
+                     "--seq-len", str(args.seq_len), "--lm-batches", str(args.lm_batches),
+                     "--threads", str(args.threads)], capture_output=True, text=True,
+                    check=True)
+                measured[mode].append(json.loads(child.stdout.strip().splitlines()[-1]))
+                print(f"  {mode:8s} {measured[mode][-1]}", flush=True)
+    rows = []
+    for mode in ("whole", "offload"):
+        seconds = [m["seconds"] for m in measured[mode]]
+        peaks = [m["peak"] for m in measured[mode]]
+        rows.append({"model": f"Llama {params / 1e6:.0f}M ({args.layers} x {args.width})",
+                     "mode": mode, "time s": f"{statistics.median(seconds):.1f}",
+                     "time x whole": ratio(seconds, [m["seconds"] for m in measured["whole"]]),
+                     "peak MiB": f"{statistics.median(peaks) / 2**20:.0f}",
+                     "memory x whole": ratio(peaks, [m["peak"] for m in measured["whole"]])})
+        print(rows[-1])
+    write(args.csv, rows)
+
+
+def llama_checkpoint(folder: Path, layers: int, width: int) -> tuple[Path, int]:
+    """A random Llama (GQA, 4 query heads per key-value head) written straight to safetensors."""
+    import transformers
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+
+    config = transformers.AutoConfig.for_model(
+        "llama", vocab_size=32000, hidden_size=width, intermediate_size=width * 11 // 4,
+        num_hidden_layers=layers, num_attention_heads=width // 64,
+        num_key_value_heads=width // 256, max_position_embeddings=2048,
+        tie_word_embeddings=False)
+    with init_empty_weights():
+        skeleton = transformers.AutoModelForCausalLM.from_config(config)
+    g = torch.Generator().manual_seed(0)
+    state = {n: (torch.ones(p.shape) if "norm" in n else torch.randn(p.shape, generator=g) * 0.02)
+             for n, p in skeleton.state_dict().items()}
+    folder.mkdir(parents=True)
+    config.save_pretrained(folder)
+    save_file(state, folder / "model.safetensors")
+    return folder, sum(v.numel() for v in state.values())
+
+
+def offload_child(args) -> None:
+    """One measured run (a fresh process): prints {"seconds", "peak"} as JSON."""
+    import json
+
+    import transformers
+
+    from prunebench.strategies import calibration, offload, sparsegpt
+
+    mode, folder, work = args.child
+    g = torch.Generator().manual_seed(1)
+    per_batch = max(1, args.windows // args.lm_batches)
+    batches = [(torch.randint(32000, (per_batch, args.seq_len), generator=g), None)
+               for _ in range(args.windows // per_batch)]
+    warm_up(folder)  # the libraries' one-time allocations, before the baseline
+    base = rss_bytes()
+    start = time.perf_counter()
+    if mode == "whole":
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        model.config.use_cache = False
+        store = None
+    else:
+        model, store = offload.open_checkpoint(Path(folder), Path(work), torch.device("cpu"))
+    weights = {n: p for n, p in model.named_parameters()
+               if ".layers." in n and p.dim() == 2}
+    new = {n: torch.ones((), dtype=torch.bool).expand(p.shape) for n, p in weights.items()}
+    sums: dict = {}
+
+    def begin(group):
+        sums.clear()
+        return lambda n, x: sums.__setitem__(n, (sums.get(n, (0, 0))[0] + x.T @ x,
+                                                 sums.get(n, (0, 0))[1] + len(x)))
+
+    def prune_group(group):
+        for n in group:
+            gram, count = sums.pop(n)
+            w, keep = sparsegpt.prune_layer(weights[n], 2 * gram / count, new[n], 0.5, "layer",
+                                            None, 128, 0.01, n)
+            weights[n].copy_(w)
+            new[n] = keep
+
+    with torch.no_grad():
+        if store is None:
+            calibration.sequential(model, weights, batches, begin, prune_group)
+        else:
+            offload.sequential(model, weights, batches, store, begin, prune_group, new)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"seconds": seconds, "peak": peak}))
+
+
+def warm_up(folder: str) -> None:
+    """A 1-block copy of the checkpoint's config built and run once."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    config.num_hidden_layers, config.vocab_size = 1, 64
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 8, dtype=torch.long), use_cache=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet300")
@@ -265,8 +397,17 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lm-batches", type=int, default=8)
+    parser.add_argument("--offload", action="store_true",
+                        help="--lm: SparseGPT on a Llama with and without model.offload")
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # MODE FOLDER WORK
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        return offload_child(args)
+    if args.lm and args.offload:
+        return lm_offload(args)
     if args.lm:
         return lm_layers(args)
     model, batches, device = setup(args)
