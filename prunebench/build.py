@@ -18,6 +18,8 @@ from prunebench.data import Dataset
 from prunebench.models import own
 from prunebench.pruning.recovery import Recalibration
 from prunebench.pruning.session import SessionSettings
+from prunebench.strategies.base import Strategy
+from prunebench.strategies.selection import SELECTION_KEYS, Selection
 from prunebench.training import optimizers, zero_shot
 from prunebench.training.loop import FitSettings
 
@@ -25,8 +27,8 @@ from prunebench.training.loop import FitSettings
 def check(cfg: DictConfig) -> None:
     """Every value check before any work: the keys every run has (config/checks.py), then
     the strategy built once, so its constructor checks its own keys."""
-    checks.check(cfg, lambda: strategy_class(cfg).sets_own_sparsity)
-    strategy(cfg)
+    checks.check(cfg, lambda: strategy_class(cfg).own_threshold is not None)
+    selection(cfg)
 
 
 @contextmanager
@@ -56,9 +58,23 @@ def model(cfg: DictConfig, data: Dataset) -> nn.Module:
         return own.checked_module(str(node._target_), instantiate(node, **offered))
 
 
-def strategy(cfg: DictConfig):
+def criterion(cfg: DictConfig) -> Strategy:
+    """The criterion `strategy._target_` names, built from its own keys: cfg.strategy less
+    `name` and the selection's keys."""
+    node = OmegaConf.to_container(cfg.strategy, resolve=True)
+    own = {k: v for k, v in node.items() if k not in ("name", *SELECTION_KEYS)}
     with rejected_as_config_error("strategy"):
-        return instantiate(cfg.strategy)
+        return instantiate(own)
+
+
+def selection(cfg: DictConfig) -> Selection:
+    """The run's selection (amount or threshold, allocation, granularity, pattern, exclude,
+    ...) around its criterion."""
+    node = OmegaConf.to_container(cfg.strategy, resolve=True)
+    keys = {k: v for k, v in node.items() if k in SELECTION_KEYS}
+    scorer = criterion(cfg)
+    with rejected_as_config_error("strategy"):
+        return Selection(scorer, **keys)
 
 
 def strategy_class(cfg: DictConfig) -> type:

@@ -26,7 +26,6 @@ from prunebench.results import after_training, emptiness, export, trackers
 from prunebench.runstate import cache, files, folder, resume, signals
 from prunebench.runstate.progress import Progress
 from prunebench.schedules.iterative import rewind_epoch
-from prunebench.strategies import allocation
 from prunebench.training import zero_shot
 from prunebench.training.determinism import set_deterministic
 from prunebench.training.loop import Diverged, evaluate, fit, headline
@@ -114,7 +113,7 @@ def ranks_report(results: dict, err: Exception, out_dir: Path) -> bool | str:
 
 def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.RunState) -> dict:
     start = time.perf_counter()
-    device, data, model, strategy = setup(cfg)
+    device, data, model, selection = setup(cfg)
     schedule = build.schedule(cfg)
     schedule.check(cfg, data)  # a bad combination stops here, with its one line only
     log.info("%s: %s parameters, %s MACs per %s", cfg.model.name,
@@ -129,7 +128,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     model.load_state_dict(dense["state_dict"])
     train_s = time.perf_counter() - train_start
 
-    session = Session(build.session_settings(cfg), model, data, strategy, out_dir,
+    session = Session(build.session_settings(cfg), model, data, selection, out_dir,
                       rewind_states={"init": init_state, **dense["snapshots"]},
                       replay=Replay(state, progress),
                       loss_fn=recovery.teacher_loss(cfg.finetune.distill.alpha,
@@ -140,7 +139,7 @@ def pipeline(cfg: DictConfig, out_dir: Path, progress: Progress, state: resume.R
     schedule.run(session)
     session.replay.check_done()
     session.record("final")
-    extra = {"allocation": allocation.summary(strategy, session.masks.masks)}
+    extra = {"allocation": selection.summary(session.masks.masks, session.report)}
     if compress.wanted(cfg):  # quantized phase (+ the compressed file): the model shipped
         extra |= compress.run(cfg, session, dense["state_dict"], out_dir)
     # the controls train on every rank; what follows measures and writes, on rank 0 alone
@@ -193,7 +192,7 @@ def final_model(cfg: DictConfig, out_dir: Path) -> tuple:
 
 
 def setup(cfg: DictConfig) -> tuple:
-    """(device, data, model, strategy) of a run: the data on the device, the model built
+    """(device, data, model, selection) of a run: the data on the device, the model built
     after seeding with cfg.seed (the pipeline and prunebench-sensitivity start alike)."""
     # before any CUDA work: cuBLAS reads its workspace setting once
     set_deterministic(cfg.get("deterministic", False))
@@ -203,18 +202,18 @@ def setup(cfg: DictConfig) -> tuple:
     data = build.dataset(cfg).to(device)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data).to(device)
-    strategy = build.strategy(cfg)
+    selection = build.selection(cfg)
     # a model without prunable layers, or without logits, or an exclude pattern naming no
     # layer (or every layer) stops the run here, before any training; so does a layer the
     # criterion cannot prune
-    check_prunable(model, strategy.exclude, cfg.model._target_)
-    check_exclude(model, strategy.exclude)
+    check_prunable(model, selection.exclude, cfg.model._target_)
+    check_exclude(model, selection.exclude)
     example = next(batches(data, data.train, 2))[0]
     own.check_output(cfg.model._target_, model, example, data)
-    strategy.check_model(model, prunable_weights(model, strategy.exclude))
-    if strategy.granularity == "neuron":  # and so does a model whose units cannot be traced
-        strategy.trace(model, example)
-    return device, data, model, strategy
+    selection.criterion.check_model(model, prunable_weights(model, selection.exclude))
+    if selection.granularity == "neuron":  # and so does a model whose units cannot be traced
+        selection.trace(model, example)
+    return device, data, model, selection
 
 
 def dense_model(cfg: DictConfig, model, data, device, progress: Progress,

@@ -115,11 +115,11 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
     from prunebench.runstate import files, resume
     from prunebench.runstate.progress import Progress
     from prunebench.strategies.base import PruneContext
-    from prunebench.strategies.selection import bottom_k
+    from prunebench.strategies.ranking import bottom_k
     from prunebench.training.loop import evaluate
 
     start = time.perf_counter()
-    device, data, model, strategy = runner.setup(cfg)
+    device, data, model, selection = runner.setup(cfg)
     state, progress = resume.RunState(cfg, out), Progress()
     runner.dense_model(cfg, model, data, device, progress, state)
     dense, hit = progress.dense, progress.cache_hit
@@ -140,7 +140,7 @@ def analyse(cfg, amounts: list[float], out: Path) -> tuple[list[dict], dict]:
                         generator=generator),
         F.cross_entropy, device, generator, model=model, masks=masks)
     with torch.enable_grad():
-        scores = strategy.score(weights, ctx)  # once, on the dense model
+        scores = selection.criterion.score(weights, ctx)  # once, on the dense model
     base = evaluate(model, data, split)
     metric = "perplexity" if "perplexity" in base else "accuracy"
     rows = []

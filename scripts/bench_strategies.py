@@ -137,10 +137,11 @@ def pruner(cfg, model, batches, device):
 
     def run():
         model.load_state_dict(state)  # compensating strategies move weights: start afresh
-        strategy = build.strategy(cfg)
+        selection = build.selection(cfg)
         weights = prunable_weights(model)
         masks = {n: torch.ones_like(w) for n, w in weights.items()}
-        strategy.prune(model, weights, masks, context(model, batches, device), cfg.strategy.amount)
+        selection.prune(model, weights, masks, context(model, batches, device),
+                        cfg.strategy.amount)
     return run
 
 

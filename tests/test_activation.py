@@ -13,6 +13,7 @@ from torch import nn
 from prunebench.config.errors import ConfigError
 from prunebench.pruning.masks import Masks
 from prunebench.strategies.activation import Activation
+from prunebench.strategies.selection import Selection
 
 
 def relu_outputs(model: nn.Sequential, batches) -> list[torch.Tensor]:
@@ -50,11 +51,10 @@ def reference(a: torch.Tensor, variant: str, bins: int = 8) -> torch.Tensor:
 def test_scores_equal_hook_reference(variant):
     model = ready(conv_net())
     ctx = context(image_batches(3))
-    strategy = Activation(name="activation", variant=variant, batches=2, bins=8,
-                          granularity="neuron")
+    strategy = Activation(variant=variant, batches=2, bins=8)
     masks = Masks(model)
-    strategy.prune(model, masks.weights, masks.masks, ctx, 0.5)  # traces, sets .units
     ctx.model = model
+    ctx.units = Selection(strategy, granularity="neuron").trace(model, image_batches(1)[0][0])
     scores = strategy.score_units(masks.weights, ctx)
     expected = relu_outputs(model, list(ctx.batches())[:2])  # batches=2 of the 3
     for name, a in zip(("0.weight", "3.weight", "7.weight"), expected, strict=True):
@@ -65,11 +65,10 @@ def test_apoz_prunes_the_units_that_are_mostly_zero():
     model = ready(conv_net())
     with torch.no_grad():
         model[7].bias[:4] = -100.0  # four hidden units that never fire
-    strategy = Activation(name="activation", variant="apoz", granularity="neuron",
-                          scope="layer")
+    selection = Selection(Activation(variant="apoz"), granularity="neuron", scope="layer")
     masks = Masks(model)
     ctx = context(image_batches())
-    masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, 4 / 12))
+    masks.update(selection.prune(model, masks.weights, masks.masks, ctx, 4 / 12).masks)
     masks.apply()
     gone = (model[7].weight == 0).all(1)
     assert gone[:4].all() and not gone[4:].any()
@@ -77,10 +76,11 @@ def test_apoz_prunes_the_units_that_are_mostly_zero():
 
 def test_weight_granularity_gives_each_weight_its_unit_score():
     model = ready(conv_net())
-    strategy = Activation(name="activation", variant="mean", granularity="weight")
+    strategy = Activation(variant="mean")
     masks = Masks(model)
     ctx = context(image_batches())
     ctx.model = model
+    ctx.units = Selection(strategy).trace(model, image_batches(1)[0][0])
     scores = strategy.score(masks.weights, ctx)
     units = strategy.score_units(masks.weights, ctx)
     for name, w in masks.weights.items():
@@ -91,4 +91,4 @@ def test_weight_granularity_gives_each_weight_its_unit_score():
 @pytest.mark.parametrize("kwargs", [{"variant": "nope"}, {"batches": 0}, {"bins": 1}])
 def test_bad_settings_name_the_key(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
-        Activation(name="activation", **kwargs)
+        Activation(**kwargs)

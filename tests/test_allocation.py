@@ -13,6 +13,7 @@ from torch import nn
 from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies import allocation
 from prunebench.strategies.l1 import L1
+from prunebench.strategies.selection import Selection
 
 
 def hand_model() -> nn.Module:
@@ -25,8 +26,9 @@ def prune(model, amount, allocation_name, batches=()):
     weights = prunable_weights(model)
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
     ctx = context(batches)
-    strategy = L1("l1", amount=amount, allocation=allocation_name)
-    return strategy.prune(model, weights, masks, ctx, amount), strategy
+    selection = Selection(L1(), amount=amount, allocation=allocation_name)
+    report = selection.prune(model, weights, masks, ctx, amount)
+    return report.masks, (selection, report)
 
 
 @pytest.mark.parametrize("amount", [0.5, 0.9, 0.97])
@@ -82,8 +84,8 @@ def test_owl_lowers_sparsity_where_outliers_are_more_and_hits_the_total():
         model[2].weight[:, :, 1, 1] *= 40
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     batches = [(x, torch.zeros(64, dtype=torch.long))]
-    masks, strategy = prune(model, 0.8, "owl", batches)
-    ratios = strategy.outlier_ratios
+    masks, (selection, report) = prune(model, 0.8, "owl", batches)
+    ratios = report.outlier_ratios
     assert max(ratios, key=ratios.get) == "2.weight"
     # the ratio is the fraction of |W_ij| * ||X_j|| above 5x its mean, by hand for one layer
     w, h = model[4].weight.detach(), nn.Sequential(*model[:4])(x)
@@ -91,7 +93,7 @@ def test_owl_lowers_sparsity_where_outliers_are_more_and_hits_the_total():
     assert ratios["4.weight"] == pytest.approx(float((a > 5 * a.mean()).float().mean()))
     density = {n: float(m.mean()) for n, m in masks.items()}
     assert density["2.weight"] == max(density.values())
-    assert all(abs(d - 0.2) <= 2 * strategy.owl_lambda + 1e-3 for d in density.values())
+    assert all(abs(d - 0.2) <= 2 * selection.owl_lambda + 1e-3 for d in density.values())
     total = sum(m.numel() for m in masks.values())
     assert total - sum(int(m.sum()) for m in masks.values()) == round(0.8 * total)
 
@@ -102,7 +104,7 @@ def test_scope_is_an_alias_and_contradictions_are_one_line(cli):
     assert allocation.resolve("global", "erk") == "erk"
     model = hand_model()
     uniform, _ = prune(model, 0.6, "uniform")
-    layer = L1("l1", amount=0.6, scope="layer").select(
+    layer = Selection(L1(), amount=0.6, scope="layer").select(
         {n: w.abs() for n, w in prunable_weights(model).items()},
         {n: torch.ones_like(w) for n, w in prunable_weights(model).items()}, 0.6)
     assert all(torch.equal(uniform[n], layer[n]) for n in uniform)

@@ -535,7 +535,7 @@ def test_a_stop_signal_during_synflow_or_obs_stops_after_the_current_round(monke
                        model=model, amount=0.5, masks={n: torch.ones_like(w)
                                                        for n, w in weights.items()})
     rounds = stop_on_first_call(monkeypatch, gradient, "synflow_scores")
-    strategy = gradient.Gradient(name="gradient", variant="synflow", iterations=10)
+    strategy = gradient.Gradient(variant="synflow", iterations=10)
     with stop_on_signals(), pytest.raises(Interrupted):
         strategy.score(weights, ctx)
     assert len(rounds) == 1  # of 10

@@ -16,6 +16,7 @@ from prunebench.strategies import l0, obs
 from prunebench.strategies.gradient import Gradient
 from prunebench.strategies.hessian import Hessian
 from prunebench.strategies.l0 import L0
+from prunebench.strategies.selection import Selection
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +66,7 @@ def reference_batch_grads(model, batches):
 def test_exact_hessian_diagonal_equals_autograd_hessian():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
-    strategy = Hessian("hessian", estimator="exact", amount=0.5)
+    strategy = Hessian(estimator="exact")
     diag = strategy.diagonal(model, weights, batches, context(batches, model))
     expected = full_hessian(model, batches).diagonal()
     assert torch.allclose(flatten(diag), expected, atol=1e-5, rtol=0)
@@ -81,8 +82,8 @@ def test_obd_rounds_recompute_the_diagonal_on_the_pruned_model():
     weights = prunable_weights(model)
     before = flatten(weights).clone()
     ctx = context(batches, model)
-    masks = Hessian("hessian", estimator="exact", rounds=3).prune(model, weights, ctx.masks,
-                                                                  ctx, 0.6)
+    masks = Selection(Hessian(estimator="exact", rounds=3), amount=0.6).prune(
+        model, weights, ctx.masks, ctx, 0.6).masks
     assert torch.equal(flatten(weights), before)
     keep, sizes = torch.ones_like(before), [w.numel() for w in weights.values()]
     for k in (1, 2, 3):
@@ -94,8 +95,8 @@ def test_obd_rounds_recompute_the_diagonal_on_the_pruned_model():
         order = saliency.masked_fill(keep == 0, -torch.inf).argsort()
         keep[order[:round(0.6 * k / 3 * len(keep))]] = 0
     assert torch.equal(flatten(masks), keep)
-    one_round = Hessian("hessian", estimator="exact", rounds=1).prune(model, weights, ctx.masks,
-                                                                      ctx, 0.6)
+    one_round = Selection(Hessian(estimator="exact", rounds=1), amount=0.6).prune(
+        model, weights, ctx.masks, ctx, 0.6).masks
     assert not torch.equal(flatten(one_round), keep)  # the recomputation changed the choice
 
 
@@ -103,7 +104,7 @@ def test_hutchinson_within_its_standard_error():
     """E[v * Hv] = diag(H); the error of P probes has sd sqrt(sum_j!=i H_ij^2 / P)."""
     model, batches = tiny_net(), make_batches(count=1)
     probes = 1000
-    strategy = Hessian("hessian", estimator="hutchinson", probes=probes, amount=0.5)
+    strategy = Hessian(estimator="hutchinson", probes=probes)
     diag = flatten(strategy.diagonal(model, prunable_weights(model), batches,
                                      context(batches, model)))
     hessian = full_hessian(model, batches)
@@ -116,7 +117,7 @@ def test_hutchinson_within_its_standard_error():
 
 def test_fisher_diagonal_equals_mean_squared_per_sample_gradient():
     model, batches = tiny_net(), make_batches()
-    strategy = Hessian("hessian", estimator="fisher", amount=0.5)
+    strategy = Hessian(estimator="fisher")
     diag = strategy.diagonal(model, prunable_weights(model), batches, context(batches, model))
     single = [(x[i:i + 1], y[i:i + 1]) for x, y in batches for i in range(len(y))]
     squares = [{n: g.pow(2) for n, g in grads.items()}
@@ -129,8 +130,8 @@ def test_snip_and_taylor_equal_gradient_times_weight():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
     grads = reference_batch_grads(model, batches)
-    snip = Gradient("gradient", variant="snip", batches=3, amount=0.5)
-    taylor = Gradient("gradient", variant="taylor", batches=3, amount=0.5)
+    snip = Gradient(variant="snip", batches=3)
+    taylor = Gradient(variant="taylor", batches=3)
     snip_scores = snip.score(weights, context(batches, model))
     taylor_scores = taylor.score(weights, context(batches, model))
     for n, w in weights.items():
@@ -142,7 +143,7 @@ def test_snip_and_taylor_equal_gradient_times_weight():
 
 def test_batches_key_limits_the_data_used():
     model, batches = tiny_net(), make_batches()
-    one = Gradient("gradient", variant="snip", batches=1, amount=0.5)
+    one = Gradient(variant="snip", batches=1)
     scores = one.score(prunable_weights(model), context(batches, model))
     grads = reference_batch_grads(model, batches[:1])[0]
     for n, w in prunable_weights(model).items():
@@ -155,7 +156,7 @@ def test_grasp_equals_weight_times_hessian_gradient_product():
     grads = reference_batch_grads(model, batches)
     mean_grad = flatten({n: sum(g[n] for g in grads) / len(grads) for n in weights})
     expected = flatten(weights) * (full_hessian(model, batches) @ mean_grad)
-    scores = Gradient("gradient", variant="grasp", batches=3, amount=0.5).score(
+    scores = Gradient(variant="grasp", batches=3).score(
         weights, context(batches, model))
     assert torch.allclose(flatten(scores), expected, atol=1e-6)
 
@@ -168,7 +169,7 @@ def test_synflow_one_round_matches_the_positive_network():
             p.abs_()
     reference(torch.ones(1, 6)).sum().backward()
     expected = {n: (w.grad * w).abs() for n, w in prunable_weights(reference).items()}
-    strategy = Gradient("gradient", variant="synflow", iterations=1, amount=0.5)
+    strategy = Gradient(variant="synflow", iterations=1)
     scores = strategy.score(prunable_weights(model), context(batches, model, amount=0.5))
     assert torch.allclose(flatten(scores), flatten(expected), rtol=1e-5)
 
@@ -178,8 +179,8 @@ def test_iterative_synflow_meets_the_target_exactly(scope):
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
     ctx = context(batches, model)
-    strategy = Gradient("gradient", variant="synflow", iterations=10, amount=0.7, scope=scope)
-    masks = strategy.prune(model, weights, ctx.masks, ctx, 0.7)
+    strategy = Selection(Gradient(variant="synflow", iterations=10), amount=0.7, scope=scope)
+    masks = strategy.prune(model, weights, ctx.masks, ctx, 0.7).masks
     total = sum(m.numel() for m in masks.values())
     if scope == "global":
         assert sum(int((m == 0).sum()) for m in masks.values()) == round(0.7 * total)
@@ -211,8 +212,8 @@ def test_l0_own_rule_prunes_closed_gates_and_keeps_trained_weights():
     weights = prunable_weights(model)
     before = copy.deepcopy(model.state_dict())
     ctx = context(batches, model)
-    strategy = L0("l0", epochs=30, gate_lr=0.1, **{"lambda": 0.02})
-    masks = strategy.prune(model, weights, ctx.masks, ctx, None)
+    strategy = L0(epochs=30, gate_lr=0.1, **{"lambda": 0.02})
+    masks = Selection(strategy).prune(model, weights, ctx.masks, ctx, None).masks
     for n in weights:
         gate = l0.deterministic_gate(strategy.log_alpha[n])
         assert torch.equal(masks[n] == 0, gate == 0), n
@@ -225,8 +226,9 @@ def test_l0_with_amount_meets_target_by_open_probability():
     model, batches = tiny_net(), make_batches()
     weights = prunable_weights(model)
     ctx = context(batches, model)
-    strategy = L0("l0", epochs=5, amount=0.6, scope="layer", **{"lambda": 0.01})
-    masks = strategy.prune(model, weights, ctx.masks, ctx, 0.6)
+    strategy = L0(epochs=5, **{"lambda": 0.01})
+    masks = Selection(strategy, amount=0.6, scope="layer").prune(
+        model, weights, ctx.masks, ctx, 0.6).masks
     for n, m in masks.items():
         assert int((m == 0).sum()) == round(0.6 * m.numel())
         prob = l0.open_probability(strategy.log_alpha[n])
@@ -290,8 +292,8 @@ def test_obs_strategy_removes_the_least_salient_weight_and_compensates():
 
     weights = prunable_weights(model)
     ctx = context(batches, model)
-    strategy = Hessian("hessian", variant="obs", batches=2, damp=0.0, amount=1 / 15)
-    masks = strategy.prune(model, weights, ctx.masks, ctx, 1 / 15)
+    selection = Selection(Hessian(variant="obs", batches=2, damp=0.0), amount=1 / 15)
+    masks = selection.prune(model, weights, ctx.masks, ctx, 1 / 15).masks
     assert int((masks["weight"] == 0).sum()) == 1 and masks["weight"][row, q] == 0
     expected = w.clone()
     expected[row] -= (w[row, q] / inverse[q, q]) * inverse[:, q]
@@ -320,10 +322,11 @@ def test_l0_neuron_gates_remove_whole_units_by_open_probability():
     batches = make_batches()
     weights = prunable_weights(model)
     ctx = context(batches, model)
-    strategy = L0("l0", epochs=3, amount=0.5, scope="layer", granularity="neuron",
-                  **{"lambda": 0.01})
-    masks = strategy.prune(model, weights, ctx.masks, ctx, 0.5)
-    assert set(strategy.log_alpha) == set(strategy.units.layers) == {"0.weight", "2.weight"}
+    strategy = L0(epochs=3, **{"lambda": 0.01})
+    report = Selection(strategy, amount=0.5, scope="layer", granularity="neuron").prune(
+        model, weights, ctx.masks, ctx, 0.5)
+    masks = report.masks
+    assert set(strategy.log_alpha) == set(report.units.layers) == {"0.weight", "2.weight"}
     for n, gates in strategy.log_alpha.items():
         units_kept = masks[n].flatten(1).any(1)
         assert int((~units_kept).sum()) == round(0.5 * len(units_kept))
@@ -409,7 +412,7 @@ def test_default_obd_diagonal_is_non_negative_and_matches_the_exact_one(case):
     exact = torch.cat([exact_diagonal_entries(model, n, i, batches) for n, i in picked.items()])
     correlations = {}
     for estimator in ("auto", "hutchinson"):
-        strategy = Hessian("hessian", estimator=estimator, amount=0.9)
+        strategy = Hessian(estimator=estimator)
         diag = strategy.diagonal(model, weights, batches, context(batches, model))
         estimate = torch.cat([diag[n].flatten()[i] for n, i in picked.items()])
         correlations[estimator] = float(torch.corrcoef(torch.stack([estimate, exact]))[0, 1])
@@ -443,12 +446,12 @@ def test_gauss_newton_and_monte_carlo_fisher_against_j_transpose_h_j():
             expected += torch.einsum("ci,cd,di->i", jacobian, h, jacobian)
             count += 1
     expected /= count
-    gn = Hessian("hessian", estimator="gauss_newton", amount=0.5)
+    gn = Hessian(estimator="gauss_newton")
     got = flatten(gn.diagonal(model, prunable_weights(model), batches, context(batches, model)))
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-8) and bool((got >= 0).all())
     exact = full_hessian(model, batches).diagonal()
     assert not torch.allclose(got, exact, rtol=1e-2, atol=1e-4)  # tanh: not the Hessian's
-    mc = Hessian("hessian", estimator="mc_fisher", draws=300, amount=0.5)
+    mc = Hessian(estimator="mc_fisher", draws=300)
     drawn = flatten(mc.diagonal(model, prunable_weights(model), batches,
                                 context(batches, model)))
     assert bool((drawn >= 0).all())

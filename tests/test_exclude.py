@@ -11,6 +11,7 @@ from prunebench.config.errors import ConfigError
 from prunebench.models.mlp import MLP
 from prunebench.pruning.masks import Masks, prunable_weights, sparsity_report
 from prunebench.strategies.l1 import L1
+from prunebench.strategies.selection import Selection
 
 
 class Net(nn.Module):
@@ -59,9 +60,9 @@ def test_exclude_at_neuron_granularity_keeps_every_unit():
     model = MLP((64,), 10)  # 1.weight 64->256, 3.weight 256->128, 5.weight (classifier)
     x, y = torch.randn(32, 64), torch.randint(10, (32,))
     ctx = context([(x, y)])
-    strategy = L1("l1", amount=0.5, granularity="neuron", exclude=["1"])
-    masks = Masks(model, strategy.exclude)
-    new = strategy.prune(model, masks.weights, masks.masks, ctx, 0.5)
+    selection = Selection(L1(), amount=0.5, granularity="neuron", exclude=["1"])
+    masks = Masks(model, selection.exclude)
+    new = selection.prune(model, masks.weights, masks.masks, ctx, 0.5).masks
     assert list(masks.weights) == ["3.weight", "5.weight"]
     assert bool(new["3.weight"].any(1).sum() == 128 - 64)  # half of the only removable layer
     assert "1.weight" not in new and bool(new.get("1.bias", torch.ones(1)).all())
@@ -69,4 +70,4 @@ def test_exclude_at_neuron_granularity_keeps_every_unit():
 
 def test_bad_exclude_pattern_names_the_key():
     with pytest.raises(ConfigError, match="strategy.exclude"):
-        L1("l1", amount=0.5, exclude=["a("])
+        Selection(L1(), amount=0.5, exclude=["a("])

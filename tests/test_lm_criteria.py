@@ -14,6 +14,7 @@ from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies.base import PruneContext
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.patterns import nm_keep, row_keep
+from prunebench.strategies.selection import Selection
 from prunebench.strategies.sparsegpt import SparseGPT, prune_layer
 from prunebench.strategies.wanda import Wanda
 
@@ -48,7 +49,8 @@ def test_pattern_through_a_strategy_counts_pruned_weights_first_and_skips_odd_wi
     weights = prunable_weights(model)
     masks = {k: torch.ones_like(w) for k, w in weights.items()}
     masks["0.weight"][0, :3] = 0  # pruned before: the first group of row 0 loses these
-    new = L1("l1", amount=0.5, pattern="2:4").prune(model, weights, masks, context(), 0.5)
+    selection = Selection(L1(), amount=0.5, pattern="2:4")
+    new = selection.prune(model, weights, masks, context(), 0.5).masks
     for name in ("0.weight", "2.weight"):
         scores = weights[name].detach().abs().masked_fill(masks[name] == 0, -torch.inf)
         expected = brute_nm(scores, 2, 4) & (masks[name] > 0)
@@ -57,7 +59,7 @@ def test_pattern_through_a_strategy_counts_pruned_weights_first_and_skips_odd_wi
     assert (new["4.weight"] == 0).sum() == round(0.5 * 18)  # unstructured fallback
     # an intermediate round of a schedule removes fewer per group: round(0.3 * 4) = 1
     ones = {k: torch.ones_like(w) for k, w in weights.items()}
-    partial = L1("l1", amount=0.5, pattern="2:4").prune(model, weights, ones, context(), 0.3)
+    partial = selection.prune(model, weights, ones, context(), 0.3).masks
     assert ((partial["2.weight"] == 0).view(6, -1, 4).sum(-1) == 1).all()
 
 
@@ -83,7 +85,7 @@ def calibration(count=3, size=10, seed=0):
 def test_wanda_scores_equal_weight_times_input_norm():
     model, batches = mlp(), calibration()
     weights = prunable_weights(model)
-    scores = Wanda("wanda", batches=3, sequential=False, amount=0.5, scope="global").score(
+    scores = Wanda(batches=3, sequential=False).score(
         weights, PruneContext(lambda: iter(batches), None, torch.device("cpu"), None,
                               model=model))
     x = torch.cat([b[0] for b in batches])
@@ -99,8 +101,8 @@ def test_sequential_wanda_reads_later_inputs_through_pruned_layers():
     weights = prunable_weights(model)
     first, second = (weights[n].detach().clone() for n in ("0.weight", "2.weight"))
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
-    new = Wanda("wanda", batches=3, amount=0.5, scope="row").prune(
-        model, weights, masks, context(batches), 0.5)
+    new = Selection(Wanda(batches=3), amount=0.5, scope="row").prune(
+        model, weights, masks, context(batches), 0.5).masks
     x = torch.cat([b[0] for b in batches])
     keep1 = row_keep(first.abs() * x.norm(dim=0), 0.5)
     hidden = torch.relu(x @ (first * keep1).T + model[0].bias).detach()
@@ -196,8 +198,8 @@ def test_sparsegpt_strategy_prunes_layers_in_sequence_to_the_target():
     weights = prunable_weights(model)
     first, second = (weights[n].detach().clone() for n in ("0.weight", "2.weight"))
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
-    strategy = SparseGPT("sparsegpt", batches=3, block_size=4, amount=0.5, scope="layer")
-    new = strategy.prune(model, weights, masks, context(batches), 0.5)
+    strategy = Selection(SparseGPT(batches=3, block_size=4), amount=0.5, scope="layer")
+    new = strategy.prune(model, weights, masks, context(batches), 0.5).masks
     x = torch.cat([b[0] for b in batches])
     pruned1, keep1 = prune_layer(first, 2 * x.T @ x / len(x), torch.ones_like(first), 0.5,
                                  "layer", None, 4, 0.01)

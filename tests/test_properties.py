@@ -10,6 +10,7 @@ from torch import nn
 from prunebench.data import Dataset, Split
 from prunebench.pruning.masks import Masks
 from prunebench.strategies.base import Strategy
+from prunebench.strategies.selection import Selection
 from prunebench.training.loop import FitSettings, fit
 
 # small integer scores make ties common; the tie rule is part of what is checked
@@ -53,7 +54,7 @@ def reference_amount(layers: dict, amount: float, scope: str) -> dict:
 @settings(max_examples=150, deadline=None)
 @given(scored_layers(), st.floats(0, 0.999), st.sampled_from(["global", "layer"]))
 def test_amount_prunes_exactly_the_lowest_scores_ties_by_position(layers, amount, scope):
-    strategy = Strategy("p", amount=amount, scope=scope)
+    strategy = Selection(Strategy(), amount=amount, scope=scope)
     scores = {n: s for n, (s, _) in layers.items()}
     masks = {n: m for n, (_, m) in layers.items()}
     new = strategy.select(scores, masks, amount)
@@ -73,7 +74,7 @@ def test_amount_prunes_exactly_the_lowest_scores_ties_by_position(layers, amount
 @settings(max_examples=150, deadline=None)
 @given(scored_layers(), score_values)
 def test_threshold_prunes_exactly_the_scores_below_it(layers, threshold):
-    strategy = Strategy("p", threshold=threshold)
+    strategy = Selection(Strategy(), threshold=threshold)
     new = strategy.select({n: s for n, (s, _) in layers.items()},
                           {n: m for n, (_, m) in layers.items()}, None)
     for name, (scores, mask) in layers.items():

@@ -116,7 +116,7 @@ def make_session(tmp_path, overrides: list[str]) -> Session:
     data = build.dataset(cfg)
     torch.manual_seed(cfg.seed)
     model = build.model(cfg, data)
-    return Session(build.session_settings(cfg), model, data, build.strategy(cfg), tmp_path)
+    return Session(build.session_settings(cfg), model, data, build.selection(cfg), tmp_path)
 
 
 def test_dns_recovers_a_weight_above_the_upper_threshold(tmp_path):

@@ -12,13 +12,15 @@ from torch.nn.utils import prune
 
 from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies.l1 import L1
-from prunebench.strategies.selection import bottom_k, select_by_amount
+from prunebench.strategies.ranking import bottom_k, select_by_amount
+from prunebench.strategies.selection import Selection
 
 
 def l1_masks(model, amount, scope="global"):
     weights = prunable_weights(model)
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
-    return L1("l1", amount=amount, scope=scope).prune(model, weights, masks, context(), amount)
+    selection = Selection(L1(), amount=amount, scope=scope)
+    return selection.prune(model, weights, masks, context(), amount).masks
 
 
 @pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.9, 0.99])
@@ -58,7 +60,8 @@ def test_threshold_prunes_exactly_scores_below_it():
     weights = prunable_weights(model)
     masks = {n: torch.ones_like(w) for n, w in weights.items()}
     threshold = 0.15
-    new = L1("l1", threshold=threshold).prune(model, weights, masks, context(), None)
+    new = Selection(L1(), threshold=threshold).prune(model, weights, masks, context(),
+                                                     None).masks
     for name, w in weights.items():
         assert torch.equal(new[name], (w.abs() >= threshold).float()), name
 
@@ -67,7 +70,7 @@ def test_already_pruned_weights_stay_pruned_and_count_toward_target():
     model = tiny_layers()
     weights = prunable_weights(model)
     first = l1_masks(model, 0.5)
-    second = L1("l1", amount=0.8).prune(model, weights, first, context(), 0.8)
+    second = Selection(L1(), amount=0.8).prune(model, weights, first, context(), 0.8).masks
     total = sum(m.numel() for m in second.values())
     assert sum(int((m == 0).sum()) for m in second.values()) == round(0.8 * total)
     for name in first:

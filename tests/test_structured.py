@@ -24,6 +24,7 @@ from prunebench.pruning.masks import Masks
 from prunebench.pruning.units import find_units
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.l2 import L2
+from prunebench.strategies.selection import Report, Selection
 
 
 def conv_net() -> nn.Module:
@@ -71,12 +72,13 @@ def image_batches(count: int = 2) -> list:
             for _ in range(count)]
 
 
-def prune_units(model: nn.Module, strategy, amount: float | None) -> Masks:
+def prune_units(model: nn.Module, strategy, amount: float | None) -> tuple[Masks, Report]:
     masks = Masks(model)
     ctx = context(image_batches())
-    masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, amount))
+    report = strategy.prune(model, masks.weights, masks.masks, ctx, amount)
+    masks.update(report.masks)
     masks.apply()
-    return masks
+    return masks, report
 
 
 def nonzero_params(model: nn.Module) -> int:
@@ -84,7 +86,7 @@ def nonzero_params(model: nn.Module) -> int:
 
 
 def l1_units(**kw):
-    return L1(name="l1", granularity="neuron", **kw)
+    return Selection(L1(), granularity="neuron", **kw)
 
 
 @pytest.mark.parametrize("make", [conv_net, res_net])
@@ -166,7 +168,7 @@ def test_a_layer_whose_unit_removal_breaks_the_forward_stays_whole():
 
 def test_removed_units_take_bias_norm_and_next_columns():
     model = ready(conv_net())
-    masks = prune_units(model, l1_units(scope="layer"), 0.5)
+    masks, _ = prune_units(model, l1_units(scope="layer"), 0.5)
     gone = (model[0].weight.flatten(1) == 0).all(1)
     assert int(gone.sum()) == 3
     assert torch.all(model[0].bias[gone] == 0) and torch.all(model[1].weight[gone] == 0)
@@ -181,7 +183,7 @@ def test_removed_units_take_bias_norm_and_next_columns():
 
 def test_unit_masks_hold_through_training():
     model = ready(conv_net())
-    masks = prune_units(model, l1_units(scope="layer"), 0.5)
+    masks, _ = prune_units(model, l1_units(scope="layer"), 0.5)
     before = nonzero_params(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
@@ -200,7 +202,7 @@ def test_unit_selection_equals_torch_ln_structured(norm):
     model = ready(conv_net())
     reference = ready(conv_net())
     reference.load_state_dict(model.state_dict())
-    prune_units(model, L2(name="l2", granularity="neuron", scope="layer", norm=norm), 0.5)
+    prune_units(model, Selection(L2(norm=norm), granularity="neuron", scope="layer"), 0.5)
     for i in (0, 3, 7):  # the classifier (9) keeps its outputs
         torch_prune.ln_structured(reference[i], "weight", amount=0.5, n=norm, dim=0)
         expected = reference[i].weight_mask.flatten(1).all(1)
@@ -210,32 +212,30 @@ def test_unit_selection_equals_torch_ln_structured(norm):
 def test_l2_unit_scores_are_row_norms():
     model = conv_net()
     weights = {n: m.weight for n, m in (("0.weight", model[0]), ("7.weight", model[7]))}
-    scores = L2(name="l2", norm=2).score_units(weights, context(image_batches()))
+    scores = L2(norm=2).score_units(weights, context(image_batches()))
     for name, w in weights.items():
         rows = torch.stack([torch.sqrt((r.double() ** 2).sum()) for r in w.detach()])
         torch.testing.assert_close(scores[name].double(), rows)
-    scores = L2(name="l2", norm=1).score_units(weights, context(image_batches()))
+    scores = L2(norm=1).score_units(weights, context(image_batches()))
     torch.testing.assert_close(scores["7.weight"], weights["7.weight"].abs().sum(1))
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_collapse_prevented_by_default(scope):
     model = ready(conv_net())
-    strategy = l1_units(scope=scope)
-    prune_units(model, strategy, 0.99)
+    _, report = prune_units(model, l1_units(scope=scope), 0.99)
     for m in (model[0], model[3], model[7]):
         assert int((m.weight.flatten(1) != 0).any(1).sum()) == 1
-    assert strategy.collapsed == []
+    assert report.collapsed == []
 
 
 def test_collapse_allowed_is_reported_and_compacts():
     model = ready(conv_net())
-    strategy = l1_units(scope="global", allow_collapse=True)
-    prune_units(model, strategy, 0.99)
-    assert strategy.collapsed  # 99% of 26 units, ranked globally: some layer has none left
+    _, report = prune_units(model, l1_units(scope="global", allow_collapse=True), 0.99)
+    assert report.collapsed  # 99% of 26 units, ranked globally: some layer has none left
     x = torch.randn(8, 1, 8, 8)
     small, recipe = compact.compact(model, x[:2])
-    assert recipe["collapsed"] == strategy.collapsed
+    assert recipe["collapsed"] == report.collapsed
     with torch.no_grad():
         torch.testing.assert_close(small.eval()(x), model(x), rtol=0, atol=1e-5)
 
@@ -254,7 +254,7 @@ def test_iterative_unit_pruning_keeps_removed_units():
     masks = Masks(model)
     for amount in (0.25, 0.5):
         ctx = context(image_batches())
-        masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, amount))
+        masks.update(strategy.prune(model, masks.weights, masks.masks, ctx, amount).masks)
         masks.apply()
     first = (model[3].weight.flatten(1) == 0).all(1)
     assert int(first.sum()) == 4  # half of 8, the earlier quarter included

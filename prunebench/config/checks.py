@@ -17,8 +17,8 @@ from prunebench.config.errors import ConfigError
 from prunebench.config.values import choice, number
 from prunebench.results.objective import OBJECTIVES
 from prunebench.strategies import allocation
-from prunebench.strategies.base import GRANULARITIES, SCOPES
 from prunebench.strategies.patterns import parse_pattern
+from prunebench.strategies.selection import GRANULARITIES, SCOPES
 
 LR_SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = (None, "bf16", "fp16")

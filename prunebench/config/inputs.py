@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from prunebench.config import schema
 from prunebench.config.errors import ConfigError
 
 # keys instantiate reads itself, and `name`, which prunebench passes only to targets taking it
@@ -157,15 +158,24 @@ def check_target_key(cfg, parts, owner, override, parsed, recompose) -> None:
     if name in INSTANTIATE_KEYS:
         return
     accepted = signature_keys(str(OmegaConf.select(cfg, f"{node_key}._target_")))
-    if accepted is None or accepted[1] or name in accepted[0]:
+    shared = schema_keys(node_key)  # a strategy's selection keys: not its criterion's
+    if accepted is None or accepted[1] or name in accepted[0] | shared:
         return
     if not override.is_add() and existed(".".join(parts), override, parsed, recompose):
         return  # a key the option's own YAML sets (l0's strategy.lambda, read via **kwargs)
-    choices = sorted(accepted[0] - {"self", "input_shape", "num_classes", "params"})
+    choices = sorted(accepted[0] - {"self", "input_shape", "num_classes", "params"} | shared
+                     - set(INSTANTIATE_KEYS))
     target = OmegaConf.select(cfg, f"{node_key}._target_")
     raise ConfigError(f"{'.'.join(parts)} is not a setting of {node_key} ({target})"
                       f"{suggestion('.'.join(parts), choices)}: it takes "
                       f"{', '.join(choices) or 'no settings'}")
+
+
+def schema_keys(group: str) -> set[str]:
+    """The keys the schema types for every option of `group` (config/schema.py)."""
+    if group not in schema.GROUPS:
+        return set()
+    return {str(k) for k in OmegaConf.structured(schema.Config)[group]}
 
 
 def existed(key: str, override, parsed, recompose) -> bool:

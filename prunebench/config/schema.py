@@ -113,6 +113,12 @@ class Strategy(Component):
     exclude: list[str] = node(list, "regex name patterns of layers left dense")
     pattern: str | None = key(None, "N:M, e.g. 2:4: N of every M weights along the input "
                                     "dimension removed; null: unstructured")
+    allow_collapse: bool = key(False, "granularity=neuron: let a layer lose all its units "
+                                      "(reported as collapsed)")
+    owl_m: float = key(5.0, "allocation=owl: a score above owl_m x its layer's mean is an "
+                            "outlier")
+    owl_lambda: float = key(0.08, "allocation=owl: the layers' densities spread over "
+                                  "[-owl_lambda, +owl_lambda] around 1 - amount")
 
 
 @dataclass

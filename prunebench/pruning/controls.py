@@ -112,7 +112,7 @@ def train_twin(kind: str, cfg: DictConfig, data: Dataset, run: Session, state: d
     model = build.model(cfg, data).to(data.train.y.device)
     model.load_state_dict(state)
     twin = Session(build.session_settings(cfg, lr_scale), model, data,
-                   run.strategy, out_dir, loss_fn=run.loss_fn)  # the run's layers
+                   run.selection, out_dir, loss_fn=run.loss_fn)  # the run's layers
     twin.change_masks(lambda: {n: m.to(data.train.y.device) for n, m in masks.items()})
     twin.record("pruned")
     twin.finetune(epochs, phase=f"{kind}_train")

@@ -2,7 +2,8 @@
 
 A schedule decides *when* masks change and calls `session.prune(amount)` (or, to choose the
 masks itself, `session.change_masks(choose)`: DNS and RigL) and
-`session.finetune(epochs, on_step=...)`; the strategy decides *which* weights. Every mask
+`session.finetune(epochs, on_step=...)`; the selection (its criterion's scores) decides
+*which* weights. Every mask
 change takes the one path of `change_masks`. A Session is built from `SessionSettings`
 (build.session_settings) and keeps its part of results.json in one `Journal`.
 """
@@ -27,8 +28,9 @@ from prunebench.pruning.masks import Masks, mask_sparsity, sparsity_report
 from prunebench.pruning.replay import Replay
 from prunebench.runstate import files
 from prunebench.runstate.resume import restore_training, training_state
-from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.strategies.context import PruneContext
 from prunebench.strategies.offload import BlockStore
+from prunebench.strategies.selection import Report, Selection
 from prunebench.training.loop import FitSettings, cross_entropy, evaluate, fit
 from prunebench.training.telemetry import GradientStats
 
@@ -64,12 +66,13 @@ class Session:
     """
 
     def __init__(self, settings: SessionSettings, model: nn.Module, data: Dataset,
-                 strategy: Strategy | None, out_dir: Path,
+                 selection: Selection | None, out_dir: Path,
                  rewind_states: dict[str, dict[str, torch.Tensor]] | None = None,
                  replay: Replay | None = None, loss_fn: Callable | None = None):
-        self.settings, self.model, self.data, self.strategy = settings, model, data, strategy
-        self.out_dir = out_dir
-        self.masks = Masks(model, strategy.exclude)
+        self.settings, self.model, self.data = settings, model, data
+        self.selection, self.out_dir = selection, out_dir
+        self.report: Report | None = None  # what the last `prune` chose (selection.py)
+        self.masks = Masks(model, selection.exclude)
         self.step = 0
         self.gradients: dict[str, GradientStats] = {}
         self.rewind_states = rewind_states or {}
@@ -159,10 +162,13 @@ class Session:
             yield x, y
 
     def prune(self, amount: float | None) -> None:
-        """Prune to `amount` of prunable weights (None: the strategy's threshold)."""
-        self.change_masks(lambda: self.strategy.prune(self.model, self.masks.weights,
-                                                      self.masks.masks, self.context(), amount),
-                          amount=amount)
+        """Prune to `amount` of prunable weights (None: the selection's threshold)."""
+        def choose() -> dict[str, torch.Tensor]:
+            self.report = self.selection.prune(self.model, self.masks.weights,
+                                               self.masks.masks, self.context(), amount)
+            return self.report.masks
+
+        self.change_masks(choose, amount=amount)
 
     def change_masks(self, choose: Callable[[], dict[str, torch.Tensor]],
                      amount: float | None = None, *, zero_pruned: bool = True,
@@ -198,7 +204,7 @@ class Session:
             self.masks.clear_optimizer_state(self.optimizer)
         self.journal.timing["prune_s"] += time.perf_counter() - start
         sparsity = (mask_sparsity(self.masks.masks) if count_masks else
-                    sparsity_report(self.model, self.strategy.exclude)["sparsity"])
+                    sparsity_report(self.model, self.selection.exclude)["sparsity"])
         self.journal.event(self.step, amount, sparsity, pruned, recovered)
 
     def finetune(self, epochs: int, on_step: Callable[[int], None] | None = None,
@@ -280,7 +286,7 @@ class Session:
     def evaluate(self) -> dict:
         """Test metrics and sparsity of the model as it is."""
         return (evaluate(self.model, self.data, self.data.test)
-                | sparsity_report(self.model, self.strategy.exclude))
+                | sparsity_report(self.model, self.selection.exclude))
 
 
 def limited(drawn, samples: int | None):

@@ -34,7 +34,7 @@ from prunebench.config.errors import ConfigError
 from prunebench.data import Dataset, batches
 from prunebench.pruning.masks import Masks
 from prunebench.schedules.base import Schedule, Session, require_amount
-from prunebench.strategies.selection import select_by_amount
+from prunebench.strategies.ranking import select_by_amount
 from prunebench.training.loop import cross_entropy
 
 VARIANTS = ("dns", "rigl")
@@ -66,7 +66,7 @@ class Dynamic(Schedule):
         if self.variant == "dns":
             self.run_surgery(session, on_step)
         else:
-            session.prune(require_amount(session.strategy.amount, self.name))
+            session.prune(require_amount(session.selection.amount, self.name))
             session.record("pruned")  # 'pruned': one-shot to the target, before any training
             session.finetune(session.settings.finetune_epochs, on_step=on_step)
 
@@ -121,12 +121,12 @@ class Dynamic(Schedule):
         """At `end`: land exactly on strategy.amount (a final ranking of the dense weights);
         the mask stays fixed from here and the remaining epochs train it."""
         self.settled = True
-        if session.strategy.amount is None:
+        if session.selection.amount is None:
             return
 
         def final_masks() -> dict[str, Tensor]:
-            keep = select_by_amount(scores(session), session.strategy.amount,
-                                    session.strategy.scope)
+            keep = select_by_amount(scores(session), session.selection.amount,
+                                    session.selection.scope)
             dtype = next(iter(session.masks.masks.values())).dtype
             return {n: k.to(dtype) for n, k in keep.items()}
 
@@ -135,10 +135,10 @@ class Dynamic(Schedule):
     def surgery(self, session: Session, zero_pruned: bool = False) -> None:
         """Cut and splice by the scores of the dense weights; the weights stay dense unless
         `zero_pruned` (the first surgery, recorded as 'pruned')."""
-        strategy = session.strategy
+        selection = session.selection
         session.change_masks(
-            lambda: surgery_masks(scores(session), session.masks.masks, strategy.amount,
-                                  strategy.threshold, strategy.scope, self.hysteresis),
+            lambda: surgery_masks(scores(session), session.masks.masks, selection.amount,
+                                  selection.threshold, selection.scope, self.hysteresis),
             zero_pruned=zero_pruned, count_masks=True)
 
 
@@ -169,9 +169,9 @@ def attach(session: Session) -> dict[str, ForwardMask]:
 def scores(session: Session) -> dict[str, Tensor]:
     """The strategy's scores of the (dense) weights, whatever the current masks."""
     ctx = replace(session.context(), model=session.model, masks=session.masks.masks,
-                  amount=session.strategy.amount)
+                  amount=session.selection.amount)
     with torch.enable_grad():
-        raw = session.strategy.score(dict(session.masks.weights), ctx)
+        raw = session.selection.criterion.score(dict(session.masks.weights), ctx)
     return {n: s.detach().float() for n, s in raw.items()}
 
 

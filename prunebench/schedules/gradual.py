@@ -35,7 +35,7 @@ class Gradual(Schedule):
                   steps_per_epoch(data.train, cfg.train.batch_size))
 
     def run(self, session: Session) -> None:
-        target = require_amount(session.strategy.amount, self.name)
+        target = require_amount(session.selection.amount, self.name)
         t0, n = self.plan(target, session.settings.finetune_epochs, session.steps_per_epoch())
         first = session.step
 

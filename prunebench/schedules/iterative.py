@@ -47,7 +47,7 @@ class Iterative(Schedule):
                               f"or epoch_<k> with 1 <= k <= train.epochs")
 
     def run(self, session: Session) -> None:
-        target = require_amount(session.strategy.amount, self.name)
+        target = require_amount(session.selection.amount, self.name)
         epochs = self.epochs_per_round
         if epochs is None:
             epochs = session.settings.finetune_epochs

@@ -7,6 +7,6 @@ from prunebench.schedules.base import Schedule, Session
 
 class OneShot(Schedule):
     def run(self, session: Session) -> None:
-        session.prune(session.strategy.amount)
+        session.prune(session.selection.amount)
         session.record("pruned")
         session.finetune(session.settings.finetune_epochs)

@@ -25,8 +25,9 @@ VARIANTS = ("mean", "apoz", "entropy")
 
 
 class Activation(Strategy):
-    def __init__(self, variant: str = "mean", batches: int = 8, bins: int = 32, **kwargs):
-        super().__init__(**kwargs)
+    needs_units = True  # where each unit's activation is read (its ReLU)
+
+    def __init__(self, variant: str = "mean", batches: int = 8, bins: int = 32):
         if variant not in VARIANTS:
             raise ConfigError(f"strategy.variant={variant} is invalid: allowed "
                               f"{', '.join(VARIANTS)}")
@@ -42,7 +43,7 @@ class Activation(Strategy):
     @torch.no_grad()
     def score_units(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         model = ctx.model
-        units = self.traced_units(ctx)  # traced by prune() at granularity=neuron
+        units = ctx.units  # traced by the selection (needs_units)
         outputs: dict[str, list[Tensor]] = {n: [] for n in weights}
         handles = []
         for name in weights:

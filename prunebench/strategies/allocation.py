@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
 from prunebench.strategies.autodiff import eval_mode, forward_hooks, take_batches
-from prunebench.strategies.selection import bottom_k, select_by_amount
+from prunebench.strategies.ranking import bottom_k, select_by_amount
 
 log = logging.getLogger(__name__)
 ALLOCATIONS = ("global", "uniform", "row", "erk", "lamp", "owl")
@@ -123,10 +123,10 @@ def keep_counts(densities: dict[str, float], sizes: dict[str, int],
     return counts
 
 
-def owl_ratios(strategy, model: nn.Module, weights: dict[str, Tensor], ctx) -> dict[str, float]:
+def owl_ratios(model: nn.Module, weights: dict[str, Tensor], ctx, m: float) -> dict[str, float]:
     """Outlier ratios of the model's layers on the first OWL_BATCHES training batches."""
     with eval_mode(model):
-        ratios = outlier_ratios(model, weights, take_batches(ctx, OWL_BATCHES), strategy.owl_m)
+        ratios = outlier_ratios(model, weights, take_batches(ctx, OWL_BATCHES), m)
     log.info("owl outlier ratios: %s", ", ".join(f"{n} {r:.4f}" for n, r in ratios.items()))
     return ratios
 
@@ -211,12 +211,3 @@ def select(scores: dict[str, Tensor], amount: float, allocation: str,
     removed = layer_amounts(allocation, scores, amount, ratios, lam)
     return {n: bottom_k(s.flatten(), removed[n]).view_as(s) for n, s in scores.items()}
 
-
-def summary(strategy, masks: dict[str, Tensor]) -> dict:
-    """What results.json keeps: the allocation and the per-layer densities it chose."""
-    out = {"name": strategy.allocation,
-           "densities": {n: float(m.float().mean()) for n, m in masks.items()}}
-    if strategy.outlier_ratios is not None:
-        out["outlier_ratios"] = strategy.outlier_ratios
-        out["owl_m"], out["owl_lambda"] = strategy.owl_m, strategy.owl_lambda
-    return out

@@ -20,8 +20,11 @@ class PruneContext:
 
     Data-driven criteria also need the model (its forward), the current masks (what is pruned
     already) and the target of this pruning call (iterative criteria prune in rounds). `units`
-    are the model's removable units (pruning.units.Units): `Strategy.prune` traces them for
-    granularity=neuron; a criterion that needs them otherwise calls `Strategy.traced_units`.
+    are the model's removable units (pruning.units.Units), traced by the selection at
+    granularity=neuron or for a criterion that sets `needs_units`. `select(scores, masks,
+    amount)` is the run's selection, for a criterion that prunes in rounds of its own
+    (SynFlow, OBD's rounds); `by_weight` says it removes single weights by amount
+    (granularity=weight, no N:M pattern).
     """
 
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # fresh pass over training data
@@ -33,3 +36,5 @@ class PruneContext:
     amount: float | None = None
     units: Units | None = None
     offload: BlockStore | None = None  # model.offload: layer-wise criteria block by block
+    select: Callable[[dict, dict, float | None], dict[str, Tensor]] | None = None
+    by_weight: bool = False

@@ -28,9 +28,7 @@ VARIANTS = ("snip", "taylor", "grasp", "synflow")
 
 
 class Gradient(Strategy):
-    def __init__(self, name: str, variant: str = "snip", batches: int = 1,
-                 iterations: int = 100, **selection):
-        super().__init__(name, **selection)
+    def __init__(self, variant: str = "snip", batches: int = 1, iterations: int = 100):
         choice("strategy.variant", variant, VARIANTS)
         for key, value in (("batches", batches), ("iterations", iterations)):
             number(f"strategy.{key}", value, low=1, integer=True, allowed="an integer >= 1")
@@ -69,8 +67,9 @@ class Gradient(Strategy):
     def _synflow(self, weights, ctx):
         """Prune in rounds to densities (1 - amount)^(k / iterations), rescoring each time.
 
-        Rounds use the same selection (scope, granularity) as the final cut; the final scores
-        mark what earlier rounds removed as -inf, so base.py's selection meets the target.
+        Rounds use the run's selection (ctx.select: scope, granularity) as the final cut does;
+        the final scores mark what earlier rounds removed as -inf, so the final cut meets the
+        target.
         """
         x, _ = next(iter(ctx.batches()))
         ones = torch.ones_like(x[:1])  # only the input's shape is used: SynFlow is data-free
@@ -82,8 +81,7 @@ class Gradient(Strategy):
                 advance(1)
                 if k == rounds:
                     break
-                masks = self.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds),
-                                    ctx.units)
+                masks = ctx.select(scores, masks, 1.0 - (1.0 - ctx.amount) ** (k / rounds))
         log.info("synflow: %d rounds", rounds)
         return {n: s.masked_fill(masks[n] == 0, -torch.inf) for n, s in scores.items()}
 

@@ -71,11 +71,9 @@ MAX_GN_OUTPUTS = 1000  # auto: larger outputs (a language model's tokens x vocab
 
 
 class Hessian(Strategy):
-    def __init__(self, name: str, variant: str = "obd", estimator: str = "auto",
+    def __init__(self, variant: str = "obd", estimator: str = "auto",
                  batches: int = 4, probes: int = 8, draws: int = 1, rounds: int = 4,
-                 damp: float = 0.01, block_size: int = 1024, max_memory_gb: float = 2.0,
-                 **selection):
-        super().__init__(name, **selection)
+                 damp: float = 0.01, block_size: int = 1024, max_memory_gb: float = 2.0):
         choice("strategy.variant", variant, VARIANTS)
         if estimator is not None:
             choice("strategy.estimator", estimator, ESTIMATORS)
@@ -107,21 +105,21 @@ class Hessian(Strategy):
                    ctx: PruneContext) -> dict[str, Tensor]:
         """1/2 H_ii w^2, in `rounds` rounds where the call prunes to an amount by weight: each
         round removes an equal share of what is left to remove (with the same selection as the
-        final cut), then the diagonal is recomputed on the model with those weights zeroed;
-        the final scores mark what earlier rounds removed as -inf, so base.py's selection
-        meets the target. The same calibration batches serve every round."""
+        final cut, ctx.select), then the diagonal is recomputed on the model with those
+        weights zeroed; the final scores mark what earlier rounds removed as -inf, so the
+        selection meets the target. The same calibration batches serve every round."""
         masks = dict(ctx.masks) if ctx.masks is not None else None
         total = sum(w.numel() for w in weights.values())
         start = 1.0 - sum(float(m.sum()) for m in masks.values()) / total if masks else 0.0
         rounds = self.rounds if (masks and ctx.amount is not None and ctx.amount > start
-                                 and self.granularity == "weight" and self.pattern is None) else 1
+                                 and ctx.by_weight) else 1
         for k in range(1, rounds + 1):
             with zeroed(ctx.model, weights, masks if k > 1 else None):
                 diagonal = self.diagonal(ctx.model, weights, batches, ctx)
             scores = {n: 0.5 * diagonal[n] * w.detach().pow(2) for n, w in weights.items()}
             if k == rounds:
                 break
-            masks = self.select(scores, masks, start + (ctx.amount - start) * k / rounds)
+            masks = ctx.select(scores, masks, start + (ctx.amount - start) * k / rounds)
         if rounds == 1:
             return scores
         log.info("obd: %d rounds, the diagonal recomputed after each", rounds)

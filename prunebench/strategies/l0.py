@@ -58,15 +58,14 @@ CLOSED_BELOW = float(open_probability(torch.tensor(math.log(-GAMMA / ZETA))))
 
 
 class L0(Strategy):
-    sets_own_sparsity = True  # amount and threshold unset: the gates decide
+    own_threshold = CLOSED_BELOW  # amount and threshold unset: the gates decide
 
-    def __init__(self, name: str, epochs: int = 10, lr: float = 1e-3, gate_lr: float = 0.05,
-                 init_open: float = 0.9, amount: float | None = None,
-                 threshold: float | None = None, scope: str = "global",
-                 granularity: str = "weight", **penalty):
+    def __init__(self, epochs: int = 10, lr: float = 1e-3, gate_lr: float = 0.05,
+                 init_open: float = 0.9, **penalty):
         # `lambda` is a Python keyword, so it arrives through **penalty
         lam = penalty.pop("lambda", 1e-4)
-        super().__init__(name, amount, threshold, scope, granularity, **penalty)
+        if penalty:
+            raise TypeError(f"L0 got unexpected keys {', '.join(penalty)}")
         number("strategy.lambda", lam, low=0, allowed="a number >= 0")
         number("strategy.epochs", epochs, low=0, integer=True, allowed="an integer >= 0")
         for key, value in (("lr", lr), ("gate_lr", gate_lr)):
@@ -75,8 +74,6 @@ class L0(Strategy):
                allowed="a probability 0 < init_open < 1")
         self.lam = float(lam)
         self.epochs, self.lr, self.gate_lr, self.init_open = epochs, lr, gate_lr, init_open
-        if amount is None and threshold is None:
-            self.threshold = CLOSED_BELOW
         self._trained: dict[str, Tensor] = {}
         self.log_alpha: dict[str, Tensor] = {}  # the gates of the last pruning call
 
@@ -87,9 +84,10 @@ class L0(Strategy):
 
     def score_units(self, weights: dict[str, Tensor], ctx: PruneContext
                     ) -> dict[str, Tensor] | None:
-        """granularity=neuron: one gate per removable unit (ctx.units, traced by prune())."""
+        """granularity=neuron: one gate per removable unit (ctx.units, traced by the
+        selection)."""
         shapes = {n: (weights[n].shape[0],) + (1,) * (weights[n].dim() - 1)
-                  for n in self.traced_units(ctx).layers}
+                  for n in ctx.units.layers}
         gates = self.train_gates(weights, shapes, ctx)
         return {n: open_probability(a).flatten() for n, a in gates.items()}
 

@@ -14,8 +14,7 @@ from prunebench.strategies.base import PruneContext, Strategy
 
 
 class L2(Strategy):
-    def __init__(self, norm: float = 2, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, norm: float = 2):
         if isinstance(norm, bool) or not isinstance(norm, (int, float)) or norm <= 0:
             raise ConfigError(f"strategy.norm={norm} is invalid: allowed a number > 0 "
                               "(1 = L1, 2 = L2)")

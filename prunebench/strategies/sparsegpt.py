@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
 from prunebench.config.values import number
-from prunebench.strategies import calibration, obs, offload
+from prunebench.strategies import calibration, obs
 from prunebench.strategies.autodiff import eval_mode, take_batches
-from prunebench.strategies.base import PruneContext, Strategy
+from prunebench.strategies.base import LayerTarget, PruneContext, Strategy
 from prunebench.strategies.patterns import fits_pattern, nm_keep, pattern_removes
 
 log = logging.getLogger(__name__)
@@ -37,20 +37,17 @@ BYTES = 4  # float32
 
 
 class SparseGPT(Strategy):
-    def __init__(self, name: str, batches: int = 8, block_size: int = 128, damp: float = 0.01,
-                 max_memory_gb: float = 2.0, **selection):
-        super().__init__(name, **selection)
+    layerwise = True  # at granularity=weight: solve_layer, block by block (selection.py)
+    needs_amount = True  # the solver removes a fraction of each block of columns
+
+    def __init__(self, batches: int = 8, block_size: int = 128, damp: float = 0.01,
+                 max_memory_gb: float = 2.0):
         for key, value in (("batches", batches), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"strategy.{key}={value} is invalid: allowed an integer >= 1")
         number("strategy.damp", damp, low=0, allowed="a number >= 0")
         number("strategy.max_memory_gb", max_memory_gb, low=0, low_open=True,
                allowed="a number > 0")
-        if self.allocation not in ("uniform", "row") and self.granularity == "weight":
-            raise ValueError("sparsegpt chooses weights layer by layer: strategy.scope must be "
-                             "layer or row")
-        if self.amount is None:
-            raise ValueError("sparsegpt needs strategy.amount (not a threshold)")
         self.batches, self.block_size = batches, block_size
         self.damp, self.max_memory_gb = damp, max_memory_gb
 
@@ -60,15 +57,15 @@ class SparseGPT(Strategy):
     @torch.no_grad()
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         """granularity=neuron only: OBS saliency w_q^2 / [H^-1]_qq of the dense model, summed
-        per unit by the base class; whole units are removed without compensation."""
-        sums, counts = {}, {}
+        per unit by the selection; whole units are removed without compensation."""
+        stats: dict = {}
         with eval_mode(ctx.model):
             calibration.collect(ctx.model, list(weights), take_batches(ctx, self.batches),
-                                lambda n, x: accumulate_hessian(sums, counts, n, x),
-                                stop_early=False)
+                                lambda n, x: self.accumulate(stats, n, x), stop_early=False)
         out = {}
         for n, w in weights.items():
-            h = 2 * sums[n] / max(counts[n], 1)
+            gram, count = stats[n]
+            h = 2 * gram / max(count, 1)
             scale = h.diagonal().mean()
             h.diagonal().add_(self.damp * scale)
             lower, _ = obs.damped_cholesky(h, scale, self.damp, n.removesuffix(".weight"))
@@ -76,41 +73,21 @@ class SparseGPT(Strategy):
             out[n] = (w.detach().flatten(1).pow(2) / inverse_diag).view_as(w)
         return out
 
-    @torch.no_grad()
-    def prune(self, model: nn.Module, weights: dict[str, Tensor], masks: dict[str, Tensor],
-              ctx: PruneContext, amount: float | None) -> dict[str, Tensor]:
-        if self.granularity == "neuron":
-            return super().prune(model, weights, masks, ctx, amount)
-        batches = take_batches(ctx, self.batches)
+    def group_budget(self, weights: dict[str, Tensor], x: Tensor):
         budget = self.max_memory_gb * 2**30
-        plan = memory_plan(weights, batches[0][0], budget)
-        new = {n: m.clone() for n, m in masks.items()}
-        sums: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
+        return memory_plan(weights, x, budget).__getitem__, budget
 
-        def start(group: list[str]):
-            sums.clear()
-            counts.clear()
-            return lambda name, x: accumulate_hessian(sums, counts, name, x)
+    def accumulate(self, stats: dict, name: str, x: Tensor) -> None:
+        """stats[name] = (sum of x x^T over the calibration rows, their count)."""
+        gram, count = stats.get(name, (0, 0))
+        stats[name] = (gram + x.T @ x, count + len(x))
 
-        def prune_group(group: list[str]) -> None:
-            for n in group:
-                hessian = 2 * sums.pop(n) / max(counts[n], 1)
-                w, keep = prune_layer(weights[n], hessian, masks[n], amount, self.scope,
-                                      self.pattern, self.block_size, self.damp,
-                                      n.removesuffix(".weight"))
-                weights[n].copy_(w)  # the next groups read their inputs through this layer
-                new[n] = keep.to(masks[n].dtype) * masks[n]
-
-        with eval_mode(model):
-            if ctx.offload is not None:  # model.offload: one block on the device at a time
-                offload.sequential(model, weights, batches, ctx.offload, start, prune_group,
-                                   new, cost=plan.__getitem__, budget=budget,
-                                   label="sparsegpt")
-            else:
-                calibration.sequential(model, weights, batches, start, prune_group,
-                                       cost=plan.__getitem__, budget=budget, label="sparsegpt")
-        return new
+    def solve_layer(self, name: str, weight: Tensor, stats, mask: Tensor,
+                    target: LayerTarget) -> tuple[Tensor, Tensor]:
+        gram, count = stats
+        return prune_layer(weight, 2 * gram / max(count, 1), mask, target.amount,
+                           "row" if target.rows else "layer", target.pattern,
+                           self.block_size, self.damp, name.removesuffix(".weight"))
 
 
 def memory_plan(weights: dict[str, Tensor], x: Tensor, budget: float) -> dict[str, int]:
@@ -129,14 +106,6 @@ def memory_plan(weights: dict[str, Tensor], x: Tensor, budget: float) -> dict[st
              "fit strategy.max_memory_gb=%g", sum(plan.values()) / 2**20, len(plan),
              max(plan.values()) / 2**20, work / 2**20, tuple(x.shape), budget / 2**30)
     return plan
-
-
-def accumulate_hessian(sums: dict[str, Tensor], counts: dict[str, int], name: str,
-                       x: Tensor) -> None:
-    """Sum of x x^T over the calibration rows (the layer's inputs) and their count."""
-    gram = x.T @ x
-    sums[name] = sums[name] + gram if name in sums else gram
-    counts[name] = counts.get(name, 0) + len(x)
 
 
 def inverse_cholesky(hessian: Tensor, damp: float, layer: str = "") -> Tensor:
