@@ -228,6 +228,9 @@ AFTER = [  # the keys of the steps after training: bad values refused like any o
     Case("sparsegpt-damp-negative", ["strategy=sparsegpt", "strategy.damp=-1"], "strategy.damp"),
     Case("sparsegpt-block-zero", ["strategy=sparsegpt", "strategy.block_size=0"],
          "strategy.block_size"),
+    Case("sparsegpt-wbits-one", ["strategy=sparsegpt", "strategy.wbits=1"], "strategy.wbits=1"),
+    Case("sparsegpt-groupsize-alone", ["strategy=sparsegpt", "strategy.groupsize=64"],
+         "strategy.groupsize=64", also="strategy.wbits"),
 ]
 SENSITIVITY = [  # prunebench-sensitivity shares prunebench's checks and says the same line
     Case(f"sensitivity-{c.id}", c.args, c.names, also=c.also, setup=c.setup, code=c.code,

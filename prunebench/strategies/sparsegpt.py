@@ -21,6 +21,7 @@ before (calibration.py), and the memory the Hessians need is planned and logged 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,9 @@ class SparseGPT(Strategy):
     needs_amount = True  # the solver removes a fraction of each block of columns
 
     def __init__(self, batches: int = 8, block_size: int = 128, damp: float = 0.01,
-                 max_memory_gb: float = 2.0):
+                 max_memory_gb: float = 2.0, wbits: int | None = None,
+                 groupsize: int | None = None):
+        check_quantization(wbits, groupsize)
         for key, value in (("batches", batches), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"strategy.{key}={value} is invalid: allowed an integer >= 1")
@@ -50,6 +53,7 @@ class SparseGPT(Strategy):
                allowed="a number > 0")
         self.batches, self.block_size = batches, block_size
         self.damp, self.max_memory_gb = damp, max_memory_gb
+        self.wbits, self.groupsize = wbits, groupsize
 
     def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:
         obs.check_layers(model, weights, "strategy=sparsegpt")
@@ -87,7 +91,18 @@ class SparseGPT(Strategy):
         gram, count = stats
         return prune_layer(weight, 2 * gram / max(count, 1), mask, target.amount,
                            "row" if target.rows else "layer", target.pattern,
-                           self.block_size, self.damp, name.removesuffix(".weight"))
+                           self.block_size, self.damp, name.removesuffix(".weight"),
+                           self.wbits, self.groupsize)
+
+
+def check_quantization(wbits: int | None, groupsize: int | None) -> None:
+    number("strategy.wbits", wbits, low=2, high=16, integer=True, optional=True,
+           allowed="null or an integer 2 <= wbits <= 16")
+    number("strategy.groupsize", groupsize, low=1, integer=True, optional=True,
+           allowed="null or an integer >= 1")
+    if groupsize is not None and wbits is None:
+        raise ConfigError(f"strategy.groupsize={groupsize} needs strategy.wbits (the weights' "
+                          "bits when sparsegpt quantizes while it prunes)")
 
 
 def memory_plan(weights: dict[str, Tensor], x: Tensor, budget: float) -> dict[str, int]:
@@ -120,8 +135,17 @@ def inverse_cholesky(hessian: Tensor, damp: float, layer: str = "") -> Tensor:
 
 def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, scope: str,
                 pattern: tuple[int, int] | None, block_size: int,
-                damp: float, layer: str = "") -> tuple[Tensor, Tensor]:
-    """(new weight, boolean keep-mask) of one layer; `mask` holds what is pruned already."""
+                damp: float, layer: str = "", wbits: int | None = None,
+                groupsize: int | None = None) -> tuple[Tensor, Tensor]:
+    """(new weight, boolean keep-mask) of one layer; `mask` holds what is pruned already.
+
+    `wbits`: SparseGPT's joint quantization (sec. 3.5 of the paper, GPTQ's grid): each kept
+    weight is rounded to its row's grid as its column is visited, and the OBS update spreads
+    the rounding error, with the pruning error, over the columns not yet visited. The grid is
+    asymmetric min-max with 2^wbits levels and 0 on it exactly (pruned weights stay zeros): per
+    row from the dense weights (the paper), or with `groupsize` per row and group of that many
+    columns, from the group's kept weights as updated when the solver reaches it (GPTQ).
+    """
     w = weight.detach().flatten(1).float().clone()
     h = hessian.float().clone()
     dead = h.diagonal() == 0  # inputs that are always zero: their weights do nothing
@@ -133,8 +157,9 @@ def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, sc
         log.warning("sparsegpt: a layer of width %d cannot take %d:%d groups; unstructured",
                     w.shape[1], *pattern)
         pattern = None
-    if pattern is not None:
-        block_size = -(-block_size // pattern[1]) * pattern[1]  # whole groups per block
+    step = math.lcm(pattern[1] if pattern else 1, groupsize if wbits and groupsize else 1)
+    block_size = -(-block_size // step) * step  # whole N:M and quantization groups per block
+    grid = minmax_grid(w, wbits) if wbits and not groupsize else None
     rows, cols = w.shape
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
@@ -154,6 +179,11 @@ def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, sc
                 keep[:, col:col + pattern[1]] &= nm_keep(
                     scores, pattern_removes(*pattern, amount), pattern[1])
             kept = block[:, j] * keep[:, col]
+            if wbits:
+                if groupsize and col % groupsize == 0:
+                    group = slice(j, j + groupsize)
+                    grid = minmax_grid(block[:, group] * keep[:, col:col + groupsize], wbits)
+                kept = to_grid(kept, *grid, wbits)
             error = (block[:, j] - kept) / ub[j, j]
             block[:, j:] -= error.unsqueeze(1) * ub[j, j:].unsqueeze(0)
             block[:, j] = kept  # exact zeros where pruned
@@ -161,6 +191,21 @@ def prune_layer(weight: Tensor, hessian: Tensor, mask: Tensor, amount: float, sc
         w[:, start:end] = block
         w[:, end:] -= errors @ u[start:end, end:]
     return w.view_as(weight).to(weight.dtype), keep.view_as(weight)
+
+
+def minmax_grid(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """(scale, zero point) per row of x: 2^bits levels spanning [min(x, 0), max(x, 0)]
+    (GPTQ's asymmetric grid; an all-zero row gets [-1, 1])."""
+    low, high = x.min(1).values.clamp(max=0), x.max(1).values.clamp(min=0)
+    empty = (low == 0) & (high == 0)
+    low, high = low.masked_fill(empty, -1.0), high.masked_fill(empty, 1.0)
+    scale = (high - low) / (2 ** bits - 1)
+    return scale, torch.round(-low / scale)
+
+
+def to_grid(x: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
+    """x rounded to the nearest of its row's levels scale * (q - zero), q = 0 .. 2^bits - 1."""
+    return scale * (torch.clamp(torch.round(x / scale) + zero, 0, 2 ** bits - 1) - zero)
 
 
 def block_keep(scores: Tensor, keep: Tensor, amount: float, scope: str, start: int, end: int,
