@@ -72,11 +72,11 @@ class BlockStore:
         dtypes = {k: v.dtype for k, v in block.state_dict().items()}
         state = {}
         for source in self.sources[index]:
-            with safe_open(source, framework="pt", device=str(self.device)) as f:
+            with safe_open(source, framework="pt") as f:
                 for key in f.keys():
                     if key.startswith(f"{prefix}."):
                         name = key.removeprefix(f"{prefix}.")
-                        state[name] = f.get_tensor(key).to(dtypes[name])
+                        state[name] = owned(f.get_tensor(key), self.device, dtypes[name])
         block.load_state_dict(state, assign=True)
 
     def release(self, block: nn.Module) -> None:
@@ -128,6 +128,13 @@ class BlockStore:
             (self.folder / "progress.json").unlink(missing_ok=True)
         else:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def owned(tensor: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A tensor read by safetensors, copied: on the CPU it is a view of a copy-on-write
+    mapping of the whole file, which a live view keeps mapped, its read pages counted as the
+    process's memory, so holding it would hold every block read since."""
+    return tensor.to(device=device, dtype=dtype, copy=True)
 
 
 def decoder_blocks(model: nn.Module, names: list[str]) -> tuple[str, nn.ModuleList]:
@@ -286,8 +293,8 @@ def open_checkpoint(folder: Path, work: Path, device: torch.device,
     outside = {}
     for key, path in located.items():
         if not key.startswith(f"{prefix}."):
-            with safe_open(path, framework="pt", device=str(device)) as f:
-                outside[key] = f.get_tensor(key).to(dtype)
+            with safe_open(path, framework="pt") as f:
+                outside[key] = owned(f.get_tensor(key), device, dtype)
     model.load_state_dict(outside, strict=False, assign=True)
     model.tie_weights()
     model.config.use_cache = False
