@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -14,6 +15,8 @@ from prunebench.pruning.masks import prunable_weights
 from prunebench.strategies import allocation
 from prunebench.strategies.l1 import L1
 from prunebench.strategies.selection import Selection
+from prunebench.strategies.sparsegpt import SparseGPT
+from prunebench.strategies.wanda import Wanda
 
 
 def hand_model() -> nn.Module:
@@ -127,3 +130,118 @@ def test_scope_is_an_alias_and_contradictions_are_one_line(cli):
     assert results["final"]["sparsity"] == pytest.approx(
         round(0.9 * results["final"]["params"]) / results["final"]["params"])
     assert json.loads((out / "results.json").read_text())["status"] == "ok"
+
+
+class Block(nn.Module):
+    """A residual MLP block: the Linear layers one outlier ratio and one density cover."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Stack(nn.Module):
+    def __init__(self, width: int = 8, depth: int = 4):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def planted_stack():
+    """Four blocks; input feature 0 is 20x the others (an outlier feature, as in LLMs'
+    activations) and block 2's fc1 weighs input 3 25x: the blocks' outlier ratios differ."""
+    torch.manual_seed(0)
+    model = Stack()
+    with torch.no_grad():
+        model.blocks[2].fc1.weight[:, 3] *= 25
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(3):
+        x = torch.randn(16, 8, generator=g)
+        x[:, 0] *= 20
+        batches.append((x, torch.zeros(16, dtype=torch.long)))
+    return model, batches
+
+
+def owl_reference(model, x, amount: float, m: float = 5.0, lam: float = 0.08):
+    """OWL as its authors' code (lib/prune_all.py, prune_wanda_outlier) computes it, written
+    out here: a dense pass gives each block's outlier ratio (the share of |W_ij| * ||X_j||,
+    over all the block's Linear layers together, above m x their mean); the ratios are
+    min-max scaled to [0, 2 lam] and shifted to mean 1 - amount (one density per block); then
+    block by block, inputs read through the blocks pruned before, each output row of each
+    Linear loses round((1 - density) * width) of its lowest |W_ij| * ||X_j||."""
+    model = copy.deepcopy(model)
+    ratios, h = [], x
+    with torch.no_grad():
+        for block in model.blocks:
+            hidden = torch.relu(block.fc1(h))
+            metric = torch.cat([(block.fc1.weight.abs() * h.norm(dim=0)).flatten(),
+                                (block.fc2.weight.abs() * hidden.norm(dim=0)).flatten()])
+            ratios.append(float((metric > m * metric.mean()).float().mean()))
+            h = block(h)
+        r = torch.tensor(ratios, dtype=torch.float64)
+        scaled = (r - r.min()) / (r.max() - r.min()) * 2 * lam
+        density = scaled - scaled.mean() + (1 - amount)
+        masks, h = {}, x
+        for k, block in enumerate(model.blocks):
+            hidden = torch.relu(block.fc1(h))  # both layers' inputs before the block is pruned
+            for name, layer, inputs in (("fc1", block.fc1, h), ("fc2", block.fc2, hidden)):
+                metric = layer.weight.abs() * inputs.norm(dim=0)
+                remove = round((1 - float(density[k])) * metric.shape[1])
+                keep = torch.ones_like(metric, dtype=torch.bool)
+                for row in range(len(metric)):
+                    keep[row, torch.argsort(metric[row], stable=True)[:remove]] = False
+                masks[f"blocks.{k}.{name}.weight"] = keep
+                layer.weight.mul_(keep)
+            h = block(h)
+    return ratios, density.tolist(), masks
+
+
+def test_owl_as_published_per_block_densities_and_per_row_selection():
+    """allocation=owl with sequential Wanda on a stack of blocks with planted outliers: the
+    outlier ratios (one per block), the densities (one per block, shared by its Linears) and
+    the per-row masks equal the published formulas computed above; the layers' weights are
+    the pruned ones."""
+    model, batches = planted_stack()
+    x = torch.cat([b[0] for b in batches])
+    ratios, density, expected = owl_reference(model, x, 0.5)
+    assert len(set(ratios)) > 2  # the planted outliers make the blocks differ
+    weights = prunable_weights(model)
+    selection = Selection(Wanda(batches=3), amount=0.5, scope="row", allocation="owl")
+    ctx = context(batches, model)
+    report = selection.prune(model, weights, ctx.masks, ctx, 0.5)
+    assert report.blocks == {n: n.rsplit(".", 2)[0] for n in weights}  # blocks.k
+    got = [report.outlier_ratios[f"blocks.{k}"] for k in range(4)]
+    assert got == pytest.approx(ratios, abs=1e-12)
+    summary = selection.summary(report.masks, report)
+    assert [summary["block_densities"][f"blocks.{k}"] for k in range(4)] == pytest.approx(
+        density, abs=1e-12)
+    for name, keep in expected.items():
+        assert torch.equal(report.masks[name] > 0, keep), name
+        assert torch.equal(weights[name] != 0, keep), name  # pruned in the model, in order
+
+
+def test_owl_with_sparsegpt_gives_each_layer_its_blocks_density():
+    """SparseGPT under allocation=owl (sequential too): the densities are the same dense
+    pass's, each layer loses its block's share (whole layer, SparseGPT's own selection),
+    and the total is exactly the target."""
+    model, batches = planted_stack()
+    x = torch.cat([b[0] for b in batches])
+    _, density, _ = owl_reference(model, x, 0.5)
+    weights = prunable_weights(model)
+    selection = Selection(SparseGPT(batches=3, block_size=4), amount=0.5, scope="layer",
+                          allocation="owl")
+    ctx = context(batches, model)
+    masks = selection.prune(model, weights, ctx.masks, ctx, 0.5).masks
+    for name, mask in masks.items():
+        k = int(name.split(".")[1])
+        assert abs(float(mask.sum()) - density[k] * mask.numel()) < 1, name
+    total = sum(m.numel() for m in masks.values())
+    assert total - sum(int(m.sum()) for m in masks.values()) == round(0.5 * total)

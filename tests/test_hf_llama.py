@@ -135,17 +135,27 @@ def test_neuron_granularity_removes_whole_mlp_channels(tmp_path, family_models):
 
 
 def test_owl_spreads_the_sparsity_over_each_familys_layers(tmp_path, family_models):
-    """allocation=owl with Wanda on each family: 50% in all, the layers' densities spread
-    over at most 2 x strategy.owl_lambda (0.08) around it, not all equal."""
+    """allocation=owl with Wanda (sequential, its default) on each family, as the OWL
+    authors' code prunes: one density per decoder block, the two blocks at exactly 0.5 -/+
+    strategy.owl_lambda (0.08: min-max scaled, mean 1 - amount), and every output row of
+    every Linear of a block losing round((1 - density) * width) weights."""
     folders, corpus = family_models
     runs = sweep(tmp_path, ",".join(str(folders[f]) for f in FAMILIES), corpus,
-                 "strategy=wanda", "strategy.allocation=owl", "strategy.sequential=false")
-    for results, _ in runs:
+                 "strategy=wanda", "strategy.allocation=owl")
+    for results, folder in runs:
         assert results["status"] == "ok"
-        assert results["pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-        sparsities = [1 - layer["nonzero"] / layer["params"]
-                      for layer in results["pruned"]["layers"]]
-        assert 0.01 < max(sparsities) - min(sparsities) <= 2 * 0.08 + 1e-3, sparsities
+        chosen = results["allocation"]
+        blocks = {n: n.rpartition(".")[0].rsplit(".", 2)[0] for n in weight_names()}
+        assert chosen["blocks"] == blocks  # model.model.layers.i
+        density = chosen["block_densities"]
+        assert sorted(density.values()) == pytest.approx([0.42, 0.58], abs=1e-9)
+        pruned = torch.load(folder / "checkpoints" / "pruned.pt")
+        for name in weight_names():
+            zeros = (pruned[name] == 0).sum(1)
+            width = pruned[name].shape[1]
+            assert (zeros == round((1 - density[blocks[name]]) * width)).all(), name
+        assert results["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+
 
 
 def test_half_precision_prunes_to_the_float32_masks(tmp_path, family_models):

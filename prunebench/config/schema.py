@@ -115,10 +115,12 @@ class Strategy(Component):
                                     "dimension removed; null: unstructured")
     allow_collapse: bool = key(False, "granularity=neuron: let a layer lose all its units "
                                       "(reported as collapsed)")
-    owl_m: float = key(5.0, "allocation=owl: a score above owl_m x its layer's mean is an "
-                            "outlier")
-    owl_lambda: float = key(0.08, "allocation=owl: the layers' densities spread over "
-                                  "[-owl_lambda, +owl_lambda] around 1 - amount")
+    owl_m: float = key(5.0, "allocation=owl: a weight whose |W_ij| * ||X_j|| is above owl_m "
+                            "x the mean over its block is an outlier")
+    owl_lambda: float = key(0.08, "allocation=owl: the blocks' densities spread over "
+                                  "[-owl_lambda, +owl_lambda] around 1 - amount; a block "
+                                  "is a transformer block (the model's first ModuleList), "
+                                  "or each layer of a model without one (an MLP, a CNN)")
 
 
 @dataclass

@@ -10,10 +10,18 @@
     lamp     layer-adaptive magnitude scores (Lee et al. 2021): s_u^2 / sum of s_v^2 over the
              weights v of its layer with s_v >= s_u, then one global ranking; any criterion's
              (non-negative) scores stand in for the magnitudes
-    owl      outlier-weighted layer-wise sparsity (Yin et al. 2024): a layer's outlier ratio is
-             the fraction of |W_ij| * ||X_j|| above `strategy.owl_m` times the layer's mean;
-             layers with more outliers get lower sparsity, spread over
-             [-owl_lambda, +owl_lambda] around the target
+    owl      outlier-weighted layer-wise sparsity (Yin et al. 2024) as the authors' code
+             (lib/prune_all.py) does it: one dense pass gives each block its outlier ratio,
+             the share of Wanda's |W_ij| * ||X_j|| above `strategy.owl_m` times their mean
+             over all the block's prunable layers together; the ratios, min-max scaled to
+             [0, 2 owl_lambda], are shifted so the mean density is 1 - amount, and every
+             layer of a block gets its block's density (more outliers: denser). A block is a
+             transformer block (an entry of the model's first nn.ModuleList holding prunable
+             layers, calibration.block_of); in a model without one (an MLP, a CNN) each layer
+             is its own block. Within a layer the comparison group is the scope's: each output
+             row with scope=row (Wanda's), the whole layer otherwise (then integer per-layer
+             counts make the total exact). With a layer-wise criterion (Wanda with
+             sequential=true, SparseGPT) the pruning pass is sequential, block by block.
 
 `strategy.scope` is kept as an alias: scope=global is allocation=global, scope=layer is
 allocation=uniform. `strategy.allocation` (when set) decides; with scope=layer it must be
@@ -29,20 +37,22 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
-from prunebench.strategies.autodiff import eval_mode, forward_hooks, take_batches
+from prunebench.strategies.autodiff import eval_mode, forward_hooks
+from prunebench.strategies.calibration import block_of
 from prunebench.strategies.ranking import bottom_k, select_by_amount
 
 log = logging.getLogger(__name__)
 ALLOCATIONS = ("global", "uniform", "row", "erk", "lamp", "owl")
 SCOPE_ALIAS = {"global": "global", "layer": "uniform", "row": "row"}
-OWL_BATCHES = 8  # training batches the activation norms of allocation=owl are taken over
+OWL_BATCHES = 8  # batches the outlier ratios are taken over (a layer-wise criterion: its own)
 
 
 def resolve(scope: str | None, allocation: str | None) -> str:
-    """The allocation a strategy uses, from `allocation` or its alias `scope`."""
+    """The allocation a strategy uses, from `allocation` or its alias `scope` (with owl, scope
+    is the comparison group inside a layer: row, or the whole layer)."""
     if allocation is None:
         return SCOPE_ALIAS.get(scope, scope)
-    if scope == "layer" and allocation != "uniform":
+    if scope == "layer" and allocation not in ("uniform", "owl"):
         raise ValueError(f"strategy.scope=layer contradicts strategy.allocation={allocation}: "
                          "scope is an alias (layer = allocation=uniform), set one")
     return allocation
@@ -88,10 +98,12 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], amount: float) -> dict[str
 
 def owl_densities(ratios: dict[str, float], sizes: dict[str, int], amount: float,
                   lam: float) -> dict[str, float]:
-    """OWL: outlier ratios mapped onto [0, 2 lam], shifted so the mean density is 1 - amount.
+    """OWL: the blocks' outlier ratios mapped onto [0, 2 lam], shifted so the mean density
+    is 1 - amount (`sizes`: the blocks' weights).
 
-    Yin et al. shift by the plain mean over (equal-sized) transformer blocks; layers here
-    differ in size, so the shift uses the parameter-weighted mean and the total is exact.
+    Yin et al. shift by the plain mean over (equal-sized) transformer blocks, which the
+    parameter-weighted mean used here equals; blocks that differ in size (an MLP's layers)
+    then still meet the total. Densities are clamped to [0, 1].
     """
     names = list(ratios)
     d = torch.tensor([ratios[n] for n in names], dtype=torch.float64)
@@ -123,18 +135,22 @@ def keep_counts(densities: dict[str, float], sizes: dict[str, int],
     return counts
 
 
-def owl_ratios(model: nn.Module, weights: dict[str, Tensor], ctx, m: float) -> dict[str, float]:
-    """Outlier ratios of the model's layers on the first OWL_BATCHES training batches."""
+def owl_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float
+               ) -> tuple[dict[str, float], dict[str, str]]:
+    """(outlier ratio of each block, the block of each layer) on `batches`, the model as it
+    is (dense: before any block of this call is pruned)."""
+    blocks = {n: block_of(model, n) for n in weights}
     with eval_mode(model):
-        ratios = outlier_ratios(model, weights, take_batches(ctx, OWL_BATCHES), m)
-    log.info("owl outlier ratios: %s", ", ".join(f"{n} {r:.4f}" for n, r in ratios.items()))
-    return ratios
+        ratios = outlier_ratios(model, weights, batches, m, blocks)
+    log.info("owl outlier ratios: %s", ", ".join(f"{b} {r:.4f}" for b, r in ratios.items()))
+    return ratios, blocks
 
 
-def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float
-                   ) -> dict[str, float]:
-    """Per layer: fraction of |W_ij| * ||X_j|| above m x its mean (X_j: input feature j of
-    the layer over every sample and position of `batches`)."""
+def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float,
+                   blocks: dict[str, str]) -> dict[str, float]:
+    """Per block: the fraction of |W_ij| * ||X_j|| above m x their mean, over every layer of
+    the block together (X_j: input feature j of the layer over every sample and position of
+    `batches`)."""
     modules = {n: model.get_submodule(n.rpartition(".")[0]) for n in weights}
     squares: dict[str, Tensor] = {}
 
@@ -150,12 +166,38 @@ def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: flo
     with forward_hooks((mod, hook(n)) for n, mod in modules.items()), torch.no_grad():
         for x, _ in batches:
             model(x)
-    ratios = {}
+    metric: dict[str, list[Tensor]] = {}
     for n, w in weights.items():
         shape = (1, -1) + (1,) * (w.dim() - 2)  # input features are dim 1 of the weight
         score = w.detach().abs().float() * squares[n].sqrt().view(shape)
-        ratios[n] = float((score > m * score.mean()).float().mean())
+        metric.setdefault(blocks[n], []).append(score.flatten())
+    ratios = {}
+    for block, scores in metric.items():
+        flat = torch.cat(scores)
+        ratios[block] = float((flat > m * flat.mean()).float().mean())
     return ratios
+
+
+def block_densities(ratios: dict[str, float], blocks: dict[str, str], sizes: dict[str, int],
+                    amount: float, lam: float) -> dict[str, float]:
+    """OWL's density of each block (`blocks`: the block of each layer, `sizes`: its weights)."""
+    block_sizes: dict[str, int] = {}
+    for n, block in blocks.items():
+        block_sizes[block] = block_sizes.get(block, 0) + sizes[n]
+    return owl_densities(ratios, block_sizes, amount, lam)
+
+
+def owl_amounts(density: dict[str, float], blocks: dict[str, str], sizes: dict[str, int],
+                amount: float, rows: bool) -> dict[str, float]:
+    """The fraction of each layer's weights removed under owl: its block's 1 - density
+    (`rows`: each output row loses it), or per layer in integer counts adding up to
+    round(amount * n) weights in all."""
+    layer_density = {n: density[blocks[n]] for n in sizes}
+    if rows:
+        return {n: 1.0 - d for n, d in layer_density.items()}
+    total = sum(sizes.values())
+    keep = keep_counts(layer_density, sizes, total - round(amount * total))
+    return {n: (sizes[n] - keep[n]) / sizes[n] for n in sizes}
 
 
 # ---- selection ----------------------------------------------------------------------------
@@ -187,27 +229,23 @@ def lamp_scores(scores: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def layer_amounts(allocation: str, scores: dict[str, Tensor], amount: float,
-                  ratios: dict[str, float] | None, lam: float) -> dict[str, int]:
-    """How many weights each layer loses under erk or owl, round(amount * n) in all."""
+def erk_amounts(scores: dict[str, Tensor], amount: float) -> dict[str, int]:
+    """How many weights each layer loses under erk, round(amount * n) in all."""
     sizes = {n: s.numel() for n, s in scores.items()}
-    if allocation == "erk":
-        densities = erk_densities({n: tuple(s.shape) for n, s in scores.items()}, amount)
-    else:
-        densities = owl_densities(ratios, sizes, amount, lam)
+    densities = erk_densities({n: tuple(s.shape) for n, s in scores.items()}, amount)
     total = sum(sizes.values())
     keep = keep_counts(densities, sizes, total - round(amount * total))
     return {n: sizes[n] - keep[n] for n in sizes}
 
 
-def select(scores: dict[str, Tensor], amount: float, allocation: str,
-           ratios: dict[str, float] | None = None, lam: float = 0.08) -> dict[str, Tensor]:
-    """Keep-masks removing round(amount * n) weights in all, spread as `allocation` says."""
+def select(scores: dict[str, Tensor], amount: float, allocation: str) -> dict[str, Tensor]:
+    """Keep-masks removing round(amount * n) weights in all, spread as `allocation` says
+    (owl: the selection's `owl_amounts` per layer)."""
     if allocation in ("global", "uniform", "row"):
         scope = {"global": "global", "uniform": "layer", "row": "row"}[allocation]
         return select_by_amount(scores, amount, scope)
     if allocation == "lamp":
         return select_by_amount(lamp_scores(scores), amount, "global")
-    removed = layer_amounts(allocation, scores, amount, ratios, lam)
+    removed = erk_amounts(scores, amount)
     return {n: bottom_k(s.flatten(), removed[n]).view_as(s) for n, s in scores.items()}
 

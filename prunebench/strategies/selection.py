@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 SELECTION_KEYS = ("amount", "threshold", "scope", "allocation", "granularity", "pattern",
                   "exclude", "allow_collapse", "owl_m", "owl_lambda")
-LAYERWISE_ALLOCATIONS = ("uniform", "row")  # decided one layer at a time
+LAYERWISE_ALLOCATIONS = ("uniform", "row", "owl")  # decided one layer at a time
 SCOPES = ("global", "layer", "row")
 GRANULARITIES = ("weight", "neuron")
 
@@ -45,7 +45,9 @@ class Report:
     units: Units | None = None  # the model's removable units (granularity=neuron)
     coupled: dict[str, Tensor] = field(default_factory=dict)  # biases, norms of removed units
     collapsed: list[str] = field(default_factory=list)  # layers left with no unit
-    outlier_ratios: dict[str, float] | None = None  # allocation=owl
+    outlier_ratios: dict[str, float] | None = None  # allocation=owl: per block
+    blocks: dict[str, str] | None = None  # allocation=owl: the block of each layer
+    block_densities: dict[str, float] | None = None  # allocation=owl: per block
 
     def densities(self) -> dict[str, float]:
         return {n: float(m.float().mean()) for n, m in self.masks.items()}
@@ -76,6 +78,8 @@ class Selection:
         # strategy.scope is an alias of strategy.allocation (strategies/allocation.py)
         self.allocation = allocations.resolve(scope, allocation)
         self.scope = {"uniform": "layer", "row": "row"}.get(self.allocation, "global")
+        # compared within each output row: scope=row, and owl's layers under scope=row
+        self.rows = self.allocation == "row" or (self.allocation == "owl" and scope == "row")
         self.granularity, self.allow_collapse = granularity, allow_collapse
         self.owl_m, self.owl_lambda = owl_m, owl_lambda
         self.layerwise = criterion.layerwise and granularity == "weight"
@@ -85,7 +89,7 @@ class Selection:
                 and self.pattern is None):
             raise ValueError(f"strategy.allocation={self.allocation} spreads the sparsity over "
                              "all layers at once, and this criterion prunes layer by layer: "
-                             "allowed uniform (scope=layer) or row (Wanda: or "
+                             "allowed uniform (scope=layer), row or owl (Wanda: or "
                              "strategy.sequential=false)")
         self._units: Units | None = None  # the model's structure, traced once
 
@@ -101,35 +105,43 @@ class Selection:
         units = None
         if self.granularity == "neuron" or self.criterion.needs_units:
             units = self.trace(model, next(iter(ctx.batches()))[0])
-        ratios = None
-        if self.allocation == "owl":
-            ratios = allocations.owl_ratios(model, weights, ctx, self.owl_m)
+        # a layer-wise criterion's calibration batches serve OWL's dense pass too (as in
+        # the OWL authors' code)
+        batches = take_batches(ctx, self.criterion.batches) if self.layerwise else None
+        owl, report = None, Report({}, units)
+        if self.allocation == "owl" and amount is not None:
+            owl = allocations.owl_ratios(model, weights, batches or take_batches(
+                ctx, allocations.OWL_BATCHES), self.owl_m)
+            report.outlier_ratios, report.blocks = owl
+            report.block_densities = allocations.block_densities(
+                *owl, {n: w.numel() for n, w in weights.items()}, amount, self.owl_lambda)
         ctx = replace(ctx, model=model, masks=masks, amount=amount, units=units,
-                      select=lambda s, m, a: self.select(s, m, a, units, ratios),
+                      select=lambda s, m, a: self.select(s, m, a, units, owl),
                       by_weight=self.granularity == "weight" and self.pattern is None)
         if self.layerwise:
-            return Report(self.prune_layerwise(model, weights, masks, ctx, amount), units,
-                          outlier_ratios=ratios)
+            report.masks = self.prune_layerwise(model, weights, masks, ctx, batches, amount, owl)
+            return report
         scores = None
         with torch.enable_grad():
             if self.granularity == "neuron":
                 scores = self.criterion.score_units(weights, ctx)
             if scores is None:
                 scores = self.criterion.score(weights, ctx)
-        coupled, collapsed = {}, []
         if self.granularity == "neuron":
-            new, coupled, collapsed = select_units(scores, masks, amount, self.threshold, units,
-                                                   self.scope == "layer", self.allow_collapse)
+            new, report.coupled, report.collapsed = select_units(
+                scores, masks, amount, self.threshold, units, self.scope == "layer",
+                self.allow_collapse)
         else:
-            new = self.select(scores, masks, amount, ratios=ratios)
+            new = self.select(scores, masks, amount, owl=owl)
         self.criterion.compensate(weights, new, ctx)
-        return Report(new | coupled, units, coupled, collapsed, ratios)
+        report.masks = new | report.coupled
+        return report
 
     def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                amount: float | None, units: Units | None = None,
-               ratios: dict[str, float] | None = None) -> dict[str, Tensor]:
+               owl: tuple[dict, dict] | None = None) -> dict[str, Tensor]:
         """Masks keeping the best-scoring weights (or units, given `units`) by `amount`,
-        else `threshold`; `ratios` are allocation=owl's outlier ratios."""
+        else `threshold`; `owl` is allocation=owl's (block ratios, block of each layer)."""
         if self.granularity == "neuron":
             return select_units(scores, masks, amount, self.threshold, units,
                                 self.scope == "layer", self.allow_collapse)[0]
@@ -142,18 +154,31 @@ class Selection:
                                 lambda s: select_by_amount(s, rest, self.scope))
         elif amount is None:
             keep = {n: s >= self.threshold for n, s in scores.items()}
+        elif self.allocation == "owl":
+            keep = {n: self.target(n, amount, owl, scores).keep(s, masks[n])
+                    for n, s in scores.items()}
         else:
-            keep = allocations.select(scores, amount, self.allocation, ratios, self.owl_lambda)
+            keep = allocations.select(scores, amount, self.allocation)
         return {n: keep[n].to(masks[n].dtype) * masks[n] for n in masks}
 
+    def target(self, name: str, amount: float | None, owl: tuple[dict, dict] | None,
+               weights: dict[str, Tensor]) -> LayerTarget:
+        """What layer `name` is pruned to on its own: `amount` (under owl its block's share,
+        `weights` giving the layers' sizes), per row or per layer, N:M."""
+        if owl is not None and amount is not None:
+            sizes = {n: w.numel() for n, w in weights.items()}
+            density = allocations.block_densities(*owl, sizes, amount, self.owl_lambda)
+            amount = allocations.owl_amounts(density, owl[1], sizes, amount, self.rows)[name]
+        return LayerTarget(amount, self.threshold, self.rows, self.pattern)
+
     def prune_layerwise(self, model: nn.Module, weights: dict[str, Tensor],
-                        masks: dict[str, Tensor], ctx: PruneContext,
-                        amount: float | None) -> dict[str, Tensor]:
+                        masks: dict[str, Tensor], ctx: PruneContext, batches: list,
+                        amount: float | None, owl: tuple[dict, dict] | None = None
+                        ) -> dict[str, Tensor]:
         """A layer-wise criterion, group by group (calibration.sequential): each layer's
         input statistics gathered through the layers pruned so far, then the layer pruned
         to its target and written back into the model before the next group runs."""
         criterion = self.criterion
-        batches = take_batches(ctx, criterion.batches)
         cost, budget = criterion.group_budget(weights, batches[0][0]) or (None, None)
         new = {n: m.clone() for n, m in masks.items()}
         stats: dict = {}
@@ -164,7 +189,7 @@ class Selection:
 
         def prune_group(group: list[str]) -> None:
             for n in group:
-                target = LayerTarget(amount, self.threshold, self.scope == "row", self.pattern)
+                target = self.target(n, amount, owl, weights)
                 w, keep = criterion.solve_layer(n, weights[n], stats.pop(n), masks[n], target)
                 weights[n].copy_(w)  # the next groups read their inputs through this layer
                 new[n] = keep.to(masks[n].dtype) * masks[n]
@@ -195,6 +220,7 @@ class Selection:
         out = {"name": self.allocation,
                "densities": {n: float(m.float().mean()) for n, m in masks.items()}}
         if report is not None and report.outlier_ratios is not None:
-            out["outlier_ratios"] = report.outlier_ratios
+            out["outlier_ratios"] = report.outlier_ratios  # per block
+            out["block_densities"], out["blocks"] = report.block_densities, report.blocks
             out["owl_m"], out["owl_lambda"] = self.owl_m, self.owl_lambda
         return out

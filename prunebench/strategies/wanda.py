@@ -5,9 +5,10 @@ unfolded patch position), so a small weight on an input with large activations s
 Wanda compares scores within each output row (`scope: row`, its default here); `layer` and
 `global` (and the other allocations) are offered too. With `sequential: true` (Wanda's code)
 the criterion is layer-wise: the selection prunes block by block, each block's inputs read
-after the blocks before it were pruned (selection.py, calibration.py); global, erk, lamp and owl
-need `sequential: false`, one pass over the dense model, since they spread the sparsity over
-all layers at once. With granularity=neuron a unit's score is the sum of its weights' scores
+after the blocks before it were pruned (selection.py, calibration.py); allocation=owl runs
+so too, as its authors' code does (the outlier ratios from one dense pass first). global, erk
+and lamp need `sequential: false`, one pass over the dense model, since they rank all layers
+at once. With granularity=neuron a unit's score is the sum of its weights' scores
 from one pass.
 """
 
