@@ -21,7 +21,8 @@ checkpoint, pruned from that folder in a fresh process per run: without offload 
 loaded whole, the whole-model pass of strategies/calibration.py) and with it (its blocks left
 on disk and pruned one at a time, strategies/offload.py), the two alternating `--repeats`
 times. Peak memory: the child's peak RSS above its RSS after the imports; time: loading and
-pruning. Ratios offload / whole with a 95% bootstrap interval over the paired repeats; the
+pruning; both under MALLOC_MMAP_THRESHOLD_=65536 (freed blocks go back to the system). Ratios
+offload / whole with a 95% bootstrap interval over the paired repeats; the
 table goes to --csv (default docs/performance/data/bench_offload.csv).
 
     python scripts/bench_strategies.py --lm [--windows 128] [--seq-len 128] [--threads 2]
@@ -264,6 +265,7 @@ def lm_row(layer: str, criterion: str, seconds: float, x_time: str, peak: float,
 def lm_offload(args) -> None:
     """SparseGPT on a random Llama checkpoint, whole in memory and from disk, alternating."""
     import json
+    import os
     import subprocess
     import sys
     import tempfile
@@ -283,7 +285,7 @@ def lm_offload(args) -> None:
                      str(Path(tmp) / f"work-{repeat}"), "--windows", str(args.windows),
                      "--seq-len", str(args.seq_len), "--lm-batches", str(args.lm_batches),
                      "--threads", str(args.threads)], capture_output=True, text=True,
-                    check=True)
+                    check=True, env={**os.environ, **ALLOCATOR})
                 measured[mode].append(json.loads(child.stdout.strip().splitlines()[-1]))
                 print(f"  {mode:8s} {measured[mode][-1]}", flush=True)
     rows = []
@@ -297,6 +299,12 @@ def lm_offload(args) -> None:
                      "memory x whole": ratio(peaks, [m["peak"] for m in measured["whole"]])})
         print(rows[-1])
     write(args.csv, rows)
+
+
+# glibc serves allocations under its (self-raising) mmap threshold from heaps that keep freed
+# memory: a block's tensors, freed, would stay counted; both modes run with large allocations
+# mapped and unmapped (MALLOC_MMAP_THRESHOLD_, which also stops the threshold's raising)
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def llama_checkpoint(folder: Path, layers: int, width: int) -> tuple[Path, int]:
