@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import BIN, FAST, ROOT, checkpoint_accuracy, run_cli  # noqa: F401 (older imports)
+from helpers import BIN, FAST, ROOT, WARM, checkpoint_accuracy, run_cli  # noqa: F401 (older imports)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_cli_server():
+    """The warm CLI server (tests/warm_cli.py) ends with the session, its runs' CPU time
+    counted in pytest's own (`/usr/bin/time`)."""
+    yield
+    WARM.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # One torch thread in the test process and in every CLI run it starts (they inherit the
@@ -21,6 +22,7 @@ os.environ.setdefault("COLUMNS", "240")
 
 import torch  # noqa: E402 (after the thread count)
 import torch.nn.functional as F  # noqa: E402
+import warm_cli  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -50,15 +52,24 @@ def _quiet(args: list[str]) -> list[str]:
     return [*args, NO_LATENCY]
 
 
+WARM = warm_cli.Server()
+
+
 def run_cli(args: list[str], cwd: Path, *, script: str = "prunebench",
             check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a console script; raises with its output when `check` and it fails."""
+    """Run a console script in a process of its own; raises with its output when `check` and
+    it fails. The process is a fork of a warm interpreter where that runs as a fresh one would
+    (tests/warm_cli.py), else a fresh interpreter."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR")
     if script == "prunebench":
         args = _quiet(args)
-    proc = subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=600)
+    if WARM.runs_like_a_fresh_process(script, args, full_env):  # tests/warm_cli.py
+        with tempfile.TemporaryDirectory() as streams:
+            proc = WARM.run(str(BIN / script), script, args, cwd, full_env, 600, Path(streams))
+    else:
+        proc = subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True,
+                              text=True, env=full_env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
