@@ -20,7 +20,8 @@ wide, vocabulary 32000: 245M parameters at the defaults, float32), saved as a sa
 checkpoint, pruned from that folder in a fresh process per run: without offload (the model
 loaded whole, the whole-model pass of strategies/calibration.py) and with it (its blocks left
 on disk and pruned one at a time, strategies/offload.py), the two alternating `--repeats`
-times. Peak memory: the child's peak RSS above its RSS after the imports; time: loading and
+times. Peak memory: the child's peak RSS (VmHWM, reset after a warm-up) above its RSS then;
+time: loading and
 pruning; both under MALLOC_MMAP_THRESHOLD_=65536 (freed blocks go back to the system). Ratios
 offload / whole with a 95% bootstrap interval over the paired repeats; the
 table goes to --csv (default docs/performance/data/bench_offload.csv).
@@ -343,6 +344,8 @@ def offload_child(args) -> None:
     batches = [(torch.randint(32000, (per_batch, args.seq_len), generator=g), None)
                for _ in range(args.windows // per_batch)]
     warm_up(folder)  # the libraries' one-time allocations, before the baseline
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) restarts here: the warm-up's own peak is not counted
     base = rss_bytes()
     start = time.perf_counter()
     if mode == "whole":
@@ -375,7 +378,8 @@ def offload_child(args) -> None:
         else:
             offload.sequential(model, weights, batches, store, begin, prune_group, new)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                if line.startswith("VmHWM:")) - base
     print(json.dumps({"seconds": seconds, "peak": peak}))
 
 
