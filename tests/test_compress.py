@@ -203,6 +203,10 @@ def test_latency_block_times_a_dynamic_int8_form(cli):
             assert s["form"] == "int8" and s["low"] <= s["ratio"] <= s["high"]
     # int8 activations: close to the model's outputs, not equal to them
     assert 0 < latency["int8_max_abs_diff"] < 0.5
+    # the run ships int8 weights: the int8 form is the deployed one, its speedup the headline
+    headline = latency["int8_speedups"]["batch_64"]["threads_1"]
+    assert latency["speedup_form"] == "int8" and latency["speedup"] == headline["ratio"]
+    assert latency["speedups"]["batch_1"]["threads_1"]["form"] == "int8"
 
 
 def test_gpt_quantized_phase_is_perplexity_and_its_file_round_trips(cli, tmp_path):
