@@ -57,11 +57,14 @@ def test_every_lm_criterion_prunes_each_family(tmp_path, family_models, family):
              r["config"]["model"]["offload"]) for r, _ in runs] == [
         (s, p, o) for s in ("l1", "wanda", "sparsegpt") for p in (None, "2:4")
         for o in (False, True)]
-    for (_, plain), (_, offloaded) in zip(runs[::2], runs[1::2], strict=True):
-        # model.offload=true (one block at a time, strategies/offload.py): the same model
+    for (_, plain), (results, offloaded) in zip(runs[::2], runs[1::2], strict=True):
+        # model.offload=true (one block at a time, strategies/offload.py): the same model;
+        # magnitude too is scored one block at a time on the device
         once, blockwise = (torch.load(f / "checkpoints" / "pruned.pt")
                            for f in (plain, offloaded))
         assert all(torch.equal(once[n], blockwise[n]) for n in once), offloaded
+        if results["config"]["strategy"]["name"] == "l1":
+            assert "l1: 2 blocks one at a time" in next(offloaded.glob("*.log")).read_text()
     for results, folder in runs[::2]:
         strategy = results["config"]["strategy"]
         name, pattern = strategy["name"], strategy["pattern"]
@@ -138,11 +141,20 @@ def test_owl_spreads_the_sparsity_over_each_familys_layers(tmp_path, family_mode
     """allocation=owl with Wanda (sequential, its default) on each family, as the OWL
     authors' code prunes: one density per decoder block, the two blocks at exactly 0.5 -/+
     strategy.owl_lambda (0.08: min-max scaled, mean 1 - amount), and every output row of
-    every Linear of a block losing round((1 - density) * width) weights."""
+    every Linear of a block losing round((1 - density) * width) weights. With
+    model.offload=true the outlier ratios are taken one block at a time and the pruned model
+    is the same, bit for bit."""
     folders, corpus = family_models
     runs = sweep(tmp_path, ",".join(str(folders[f]) for f in FAMILIES), corpus,
-                 "strategy=wanda", "strategy.allocation=owl")
-    for results, folder in runs:
+                 "strategy=wanda", "strategy.allocation=owl", "model.offload=false,true",
+                 "inference.measure=false")
+    assert [r["config"]["model"]["offload"] for r, _ in runs] == [False, True] * 3
+    for (plain, once), (offloaded, blockwise) in zip(runs[::2], runs[1::2], strict=True):
+        assert offloaded["allocation"] == plain["allocation"]  # ratios, densities
+        assert "owl: 2 blocks one at a time" in next(blockwise.glob("*.log")).read_text()
+        once, blockwise = (torch.load(f / "checkpoints" / "pruned.pt") for f in (once, blockwise))
+        assert all(torch.equal(once[n], blockwise[n]) for n in once), offloaded
+    for results, folder in runs[::2]:
         assert results["status"] == "ok"
         chosen = results["allocation"]
         blocks = {n: n.rpartition(".")[0].rsplit(".", 2)[0] for n in weight_names()}

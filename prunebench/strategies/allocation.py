@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.config.errors import ConfigError
+from prunebench.strategies import offload
 from prunebench.strategies.autodiff import eval_mode, forward_hooks
 from prunebench.strategies.calibration import block_of
 from prunebench.strategies.ranking import bottom_k, select_by_amount
@@ -135,41 +136,56 @@ def keep_counts(densities: dict[str, float], sizes: dict[str, int],
     return counts
 
 
-def owl_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float
-               ) -> tuple[dict[str, float], dict[str, str]]:
+def owl_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float,
+               store: offload.BlockStore | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """(outlier ratio of each block, the block of each layer) on `batches`, the model as it
-    is (dense: before any block of this call is pruned)."""
+    is (dense: before any block of this call is pruned). With `store` (model.offload) one
+    block is on the device at a time (offload.each_block), its ratio taken while it is."""
     blocks = {n: block_of(model, n) for n in weights}
-    with eval_mode(model):
-        ratios = outlier_ratios(model, weights, batches, m, blocks)
+    squares: dict[str, Tensor] = {}
+    with eval_mode(model), torch.no_grad():
+        if store is None:
+            with forward_hooks(input_squares(model, list(weights), squares)):
+                for x, _ in batches:
+                    model(x)
+            ratios = outlier_ratios(weights, squares, blocks, m)
+        else:
+            ratios = {}
+            offload.each_block(
+                model, list(weights), store,
+                lambda block: ratios.update(outlier_ratios(block, squares, blocks, m)),
+                batches=batches, hooks=lambda names: input_squares(model, names, squares),
+                label="owl")
     log.info("owl outlier ratios: %s", ", ".join(f"{b} {r:.4f}" for b, r in ratios.items()))
     return ratios, blocks
 
 
-def outlier_ratios(model: nn.Module, weights: dict[str, Tensor], batches, m: float,
-                   blocks: dict[str, str]) -> dict[str, float]:
-    """Per block: the fraction of |W_ij| * ||X_j|| above m x their mean, over every layer of
-    the block together (X_j: input feature j of the layer over every sample and position of
-    `batches`)."""
-    modules = {n: model.get_submodule(n.rpartition(".")[0]) for n in weights}
-    squares: dict[str, Tensor] = {}
-
-    def hook(name):
+def input_squares(model: nn.Module, names: list[str], squares: dict[str, Tensor]):
+    """(module, forward hook) pairs adding the squares of each named layer's input features,
+    summed over every sample and position, to `squares[name]` (float32, on their device)."""
+    def hook(name: str, module: nn.Module):
         def add(_module, inputs, _output):
             x = inputs[0].detach().float()
             # Linear: features in the last dim; Conv: channels in dim 1
-            x = x.flatten(0, -2) if isinstance(modules[name], nn.Linear) else \
+            x = x.flatten(0, -2) if isinstance(module, nn.Linear) else \
                 x.transpose(0, 1).flatten(1).T
             squares[name] = squares.get(name, 0) + x.pow(2).sum(0)
         return add
 
-    with forward_hooks((mod, hook(n)) for n, mod in modules.items()), torch.no_grad():
-        for x, _ in batches:
-            model(x)
+    for n in names:
+        module = model.get_submodule(n.rpartition(".")[0])
+        yield module, hook(n, module)
+
+
+def outlier_ratios(weights: dict[str, Tensor], squares: dict[str, Tensor],
+                   blocks: dict[str, str], m: float) -> dict[str, float]:
+    """Per block of `weights`: the fraction of |W_ij| * ||X_j|| above m x their mean, over
+    every layer of the block together (||X_j||^2: `squares`, input feature j of the layer
+    over every calibration sample and position). The layers' squares are used up."""
     metric: dict[str, list[Tensor]] = {}
     for n, w in weights.items():
         shape = (1, -1) + (1,) * (w.dim() - 2)  # input features are dim 1 of the weight
-        score = w.detach().abs().float() * squares[n].sqrt().view(shape)
+        score = w.detach().abs().float() * squares.pop(n).sqrt().view(shape)
         metric.setdefault(blocks[n], []).append(score.flatten())
     ratios = {}
     for block, scores in metric.items():

@@ -40,6 +40,9 @@ class Strategy:
     needs_units = False  # True: the selection traces the model's units for `ctx.units`
     layerwise = False  # True: pruned layer by layer on inputs through the pruned layers
     needs_amount = False  # True: a target fraction, not a threshold (SparseGPT's solver)
+    # True: the scores read nothing but the weights (magnitude), so under model.offload they
+    # are taken one block at a time on the device
+    weights_only = False
     batches = 8  # calibration batches a layer-wise criterion reads
 
     def check_model(self, model: nn.Module, weights: dict[str, Tensor]) -> None:

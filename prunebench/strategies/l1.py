@@ -8,5 +8,7 @@ from prunebench.strategies.base import PruneContext, Strategy
 
 
 class L1(Strategy):
+    weights_only = True  # model.offload: scored one block at a time
+
     def score(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
         return {n: w.abs() for n, w in weights.items()}

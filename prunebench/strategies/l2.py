@@ -14,6 +14,8 @@ from prunebench.strategies.base import PruneContext, Strategy
 
 
 class L2(Strategy):
+    weights_only = True  # model.offload: scored one block at a time
+
     def __init__(self, norm: float = 2):
         if isinstance(norm, bool) or not isinstance(norm, (int, float)) or norm <= 0:
             raise ConfigError(f"strategy.norm={norm} is invalid: allowed a number > 0 "

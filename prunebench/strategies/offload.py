@@ -15,6 +15,14 @@ After each block, its pruned weights and masks are checkpointed in the run folde
 name and renamed, runstate/files.py): a run killed mid-model and started again resumes at the
 next block, its finished blocks read back and their outputs recomputed through them, so the
 result equals an uninterrupted run's. The folder goes once the pruning call has finished.
+
+`each_block` is the same walk over the dense model with nothing pruned or written back: OWL's
+outlier statistics (the calibration batches through each block in turn) and a criterion whose
+scores read only the weights (magnitude: no batches) use it.
+
+Devices: the statistics accumulate in float32 on the device beside the block; the masks and
+scores that outlive a block's turn stay where the blocks rest (the CPU) and are moved to the
+block's device only for its turn (selection.py).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,13 +254,44 @@ def sequential(model: nn.Module, weights: dict[str, Tensor], batches, store: Blo
                     collect(run, group, run.batches(), start(group))
                     prune_group(group)
                 store.checkpoint(i, here, block, {n: masks[n] for n in mine}, key)
-            run = _BlockPass(model, block, inputs)
-            inputs = [((run(j), *args[1:]), kwargs)
-                      for j, (args, kwargs) in enumerate(inputs)]
+            inputs = block_outputs(model, block, inputs)
             store.release(block)
             weights.update({n: model.get_parameter(n) for n in mine})  # nothing held on
             advance(1)
     store.finish()
+
+
+@torch.no_grad()
+def each_block(model: nn.Module, names: list[str], store: BlockStore,
+               visit: Callable[[dict[str, Tensor]], None], batches=None,
+               hooks: Callable[[list[str]], Iterable] | None = None,
+               label: str = "offload") -> None:
+    """The model as it is, one block on the device at a time, nothing written back: with
+    `batches`, the calibration batches run through each block in turn, `hooks(its layers)`
+    giving (module, hook) pairs that watch them; then `visit(the block's weights)` while the
+    block is on the device (OWL's outlier ratios; a criterion that reads only the weights)."""
+    prefix, blocks = decoder_blocks(model, names)
+    inputs = block_inputs(model, blocks[0], batches) if batches is not None else None
+    log.info("%s: %d blocks one at a time on %s (model.offload)", label, len(blocks),
+             store.device)
+    with steps(f"{label} (offload)", len(blocks)) as advance:
+        for i, block in enumerate(blocks):
+            here = f"{prefix}.{i}"
+            mine = [n for n in names if n.startswith(f"{here}.")]
+            store.load(i, here, block)
+            if inputs is not None:
+                with forward_hooks(hooks(mine) if hooks else ()):
+                    inputs = block_outputs(model, block, inputs)
+            visit({n: model.get_parameter(n) for n in mine})
+            store.release(block)
+            advance(1)
+
+
+def block_outputs(model: nn.Module, block: nn.Module, inputs: list[tuple[tuple, dict]]
+                  ) -> list[tuple[tuple, dict]]:
+    """The next block's inputs: `block`'s outputs on each of its cached inputs."""
+    run = _BlockPass(model, block, inputs)
+    return [((run(j), *args[1:]), kwargs) for j, (args, kwargs) in enumerate(inputs)]
 
 
 def block_groups(run: _BlockPass, names: list[str], cost, budget) -> list[list[str]]:

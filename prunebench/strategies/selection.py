@@ -111,7 +111,7 @@ class Selection:
         owl, report = None, Report({}, units)
         if self.allocation == "owl" and amount is not None:
             owl = allocations.owl_ratios(model, weights, batches or take_batches(
-                ctx, allocations.OWL_BATCHES), self.owl_m)
+                ctx, allocations.OWL_BATCHES), self.owl_m, ctx.offload)
             report.outlier_ratios, report.blocks = owl
             report.block_densities = allocations.block_densities(
                 *owl, {n: w.numel() for n, w in weights.items()}, amount, self.owl_lambda)
@@ -121,12 +121,7 @@ class Selection:
         if self.layerwise:
             report.masks = self.prune_layerwise(model, weights, masks, ctx, batches, amount, owl)
             return report
-        scores = None
-        with torch.enable_grad():
-            if self.granularity == "neuron":
-                scores = self.criterion.score_units(weights, ctx)
-            if scores is None:
-                scores = self.criterion.score(weights, ctx)
+        scores = self.scores(weights, ctx)
         if self.granularity == "neuron":
             new, report.coupled, report.collapsed = select_units(
                 scores, masks, amount, self.threshold, units, self.scope == "layer",
@@ -136,6 +131,25 @@ class Selection:
         self.criterion.compensate(weights, new, ctx)
         report.masks = new | report.coupled
         return report
+
+    def scores(self, weights: dict[str, Tensor], ctx: PruneContext) -> dict[str, Tensor]:
+        """The criterion's scores: per unit at granularity=neuron where it gives them, else
+        per weight. Under model.offload a criterion that reads nothing but the weights
+        (magnitude) scores one block at a time on the device (offload.each_block), its scores
+        kept beside the masks."""
+        def score(some: dict[str, Tensor]) -> dict[str, Tensor]:
+            units = (self.criterion.score_units(some, ctx) if self.granularity == "neuron"
+                     else None)
+            return self.criterion.score(some, ctx) if units is None else units
+
+        if ctx.offload is None or not self.criterion.weights_only:
+            with torch.enable_grad():
+                return score(weights)
+        scores: dict[str, Tensor] = {}
+        offload.each_block(ctx.model, list(weights), ctx.offload, lambda block: scores.update(
+            {n: s.to(ctx.masks[n].device) for n, s in score(block).items()}),
+            label=type(self.criterion).__name__.lower())
+        return scores
 
     def select(self, scores: dict[str, Tensor], masks: dict[str, Tensor],
                amount: float | None, units: Units | None = None,
@@ -190,9 +204,11 @@ class Selection:
         def prune_group(group: list[str]) -> None:
             for n in group:
                 target = self.target(n, amount, owl, weights)
-                w, keep = criterion.solve_layer(n, weights[n], stats.pop(n), masks[n], target)
+                # model.offload: the layer is on the device, its masks stay beside the blocks
+                mask = masks[n].to(weights[n].device)
+                w, keep = criterion.solve_layer(n, weights[n], stats.pop(n), mask, target)
                 weights[n].copy_(w)  # the next groups read their inputs through this layer
-                new[n] = keep.to(masks[n].dtype) * masks[n]
+                new[n] = (keep.to(mask.dtype) * mask).to(masks[n].device)
 
         label = type(criterion).__name__.lower()
         with eval_mode(model):

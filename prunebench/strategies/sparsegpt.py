@@ -73,7 +73,8 @@ class SparseGPT(Strategy):
             scale = h.diagonal().mean()
             h.diagonal().add_(self.damp * scale)
             lower, _ = obs.damped_cholesky(h, scale, self.damp, n.removesuffix(".weight"))
-            inverse_diag = torch.cholesky_inverse(lower).diagonal()
+            # model.offload: the Hessian is where the block ran, the weight where it rests
+            inverse_diag = torch.cholesky_inverse(lower).diagonal().to(w.device)
             out[n] = (w.detach().flatten(1).pow(2) / inverse_diag).view_as(w)
         return out
 

@@ -39,7 +39,8 @@ class Wanda(Strategy):
         batches = take_batches(ctx, self.batches)
         with eval_mode(ctx.model), torch.no_grad():
             norms = input_norms(ctx.model, list(weights), batches)
-        return {n: wanda_scores(weights[n], norms[n]) for n in weights}
+        # model.offload: the norms are where the blocks ran, the weights where they rest
+        return {n: wanda_scores(weights[n], norms[n].to(weights[n].device)) for n in weights}
 
     def accumulate(self, stats: dict, name: str, x: Tensor) -> None:
         accumulate_squares(stats, name, x)
