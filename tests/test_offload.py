@@ -3,7 +3,8 @@
 A process whose weights stay on disk holds about one block plus the calibration activations
 (and the masks it returns), far under the whole model; a run killed mid-model by SIGKILL
 resumes at the next block and ends with the model of a run never killed (and of one without
-offload). Equality of offload and no offload on every Llama family: tests/test_hf_llama.py.
+offload). Equality of offload and no offload on every Llama family (magnitude, Wanda,
+SparseGPT, OWL): tests/test_hf_llama.py.
 """
 
 from __future__ import annotations
