@@ -45,30 +45,39 @@ IMPORT_TIME_ENV = ("PYTHON", "COLUMNS", "LINES", "OMP_", "MKL_", "KMP_", "TORCH"
 START_UP_ARGS = ("-h", "--help", "--cfg", "--info", "--hydra-help", "--shell-completion")
 
 
+def import_time_changes(a: dict, b: dict) -> set[str]:
+    """The variables of IMPORT_TIME_ENV whose values differ between environments a and b."""
+    return {k for k in set(a) | set(b) if a.get(k) != b.get(k) and k.startswith(IMPORT_TIME_ENV)}
+
+
 class Server:
-    """The test side: starts the server on first use, one run at a time."""
+    """The test side: starts the server on first use, one run at a time. It serves the test
+    process's current environment: when that changes in a variable read at import time (a
+    library the tests import sets one, e.g. TORCHINDUCTOR_CACHE_DIR or KMP_INIT_AT_FORK; or
+    a test's monkeypatch), the server is started again under the new one."""
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
-        self.env = dict(os.environ)  # what the server imports under
+        self.env = dict(os.environ)  # what the running server imported under
+        atexit.register(self.stop)
 
     def runs_like_a_fresh_process(self, script: str, args: list[str], env: dict) -> bool:
-        """Whether a fork of the server runs `script args` in `env` as a fresh process would."""
+        """Whether a fork of the server runs `script args` in `env` as a fresh process would:
+        the run's own environment differs from the test process's in nothing read at import."""
         if os.environ.get("PRUNEBENCH_TEST_FORK", "1") == "0" or script not in SCRIPTS:
             return False
         if any(a.startswith(START_UP_ARGS) for a in args):
             return False  # start-up itself is what these show
-        changed = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
-        return not any(k.startswith(IMPORT_TIME_ENV) for k in changed)
+        return not import_time_changes(env, dict(os.environ))
 
     def start(self):
+        self.env = dict(os.environ)
         self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(Path(__file__).parent)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      bufsize=1, env=self.env)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the warm CLI server did not start")
-        atexit.register(self.stop)
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -78,6 +87,8 @@ class Server:
     def run(self, argv0: str, script: str, args: list[str], cwd: Path, env: dict,
             timeout: float, out_dir: Path) -> subprocess.CompletedProcess:
         with self.lock:
+            if import_time_changes(self.env, dict(os.environ)):
+                self.stop()  # imported under an environment the test process has left
             if self.proc is None or self.proc.poll() is not None:
                 self.start()
             stdout, stderr = out_dir / "stdout", out_dir / "stderr"
