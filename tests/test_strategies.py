@@ -45,5 +45,6 @@ def test_every_strategy_removes_whole_units_and_compacts(tmp_path):
         assert compact["widths"] == {"1.weight": [128, 256], "3.weight": [64, 128]}, name
         assert compact["params"] == res["final"]["total_nonzero"], name
         assert compact["max_abs_diff"] <= 1e-5, name
+        assert "latency" not in compact, name  # inference.measure=false: nothing timed
         assert res["final"]["sparsity"] == pytest.approx(1 - (64 * 128 + 128 * 64 + 64 * 10)
                                                          / (64 * 256 + 256 * 128 + 128 * 10))

@@ -280,7 +280,8 @@ def res_net_for(input_shape, num_classes, unused=None):  # a model config's _tar
 
 
 def test_cli_l2_writes_compact_model_that_loads_and_matches(cli):
-    results, out = cli(["strategy=l2", "strategy.amount=0.5", "model=lenet300"])
+    results, out = cli(["strategy=l2", "strategy.amount=0.5", "model=lenet300",
+                        "inference.measure=true"])  # times the compact form too
     assert results["status"] == "ok"
     info = results["compact"]
     assert info["widths"] == {"1.weight": [150, 300], "3.weight": [50, 100]}

@@ -117,8 +117,9 @@ def latency_ms(model: nn.Module, x: Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(dense: nn.Module, small: nn.Module, x: Tensor) -> dict:
-    """Params, MACs and CPU latency of the compact model against the dense one."""
+def measure(dense: nn.Module, small: nn.Module, x: Tensor, timed: bool = True) -> dict:
+    """Params, MACs and (when `timed`) CPU latency of the compact model against the dense
+    one."""
     dense, small = copy.deepcopy(dense).cpu().eval(), small.cpu().eval()
     x = x.cpu()
     out: dict = {}
@@ -126,14 +127,14 @@ def measure(dense: nn.Module, small: nn.Module, x: Tensor) -> dict:
         macs, params = tp.utils.count_ops_and_params(model, x[:1])
         out[name] = {"params": int(params), "macs": int(macs)}
     latency = {}
-    for batch in LATENCY_BATCHES:
+    for batch in LATENCY_BATCHES if timed else ():
         xb = x[:1].expand(batch, *x.shape[1:]).contiguous()
         d, c = latency_ms(dense, xb), latency_ms(small, xb)
         latency[f"batch_{batch}"] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
     y = dense(x)
     diff = float((small(x) - y).abs().max())
     return {**out["compact"], "dense_params": out["dense"]["params"],
-            "dense_macs": out["dense"]["macs"], "latency": latency,
+            "dense_macs": out["dense"]["macs"], **({"latency": latency} if timed else {}),
             "max_abs_diff": diff, "max_rel_diff": diff / max(float(y.abs().max()), 1e-12)}
 
 
@@ -144,14 +145,16 @@ def run(cfg: DictConfig, model: nn.Module, data: Dataset, out_dir: Path) -> dict
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     save(out_dir / "checkpoints" / "compact.pt", small, recipe, model_cfg, data.input_shape,
          data.num_classes, tokens=not x.is_floating_point())
-    result = measure(model, small, x) | {k: recipe[k] for k in ("widths", "fixed", "collapsed")}
+    result = measure(model, small, x, timed=cfg.inference.measure) | {
+        k: recipe[k] for k in ("widths", "fixed", "collapsed")}
     result["path"] = "checkpoints/compact.pt"
     if result["max_rel_diff"] > 1e-5:  # float32 sums in another order differ by less
         log.warning("compact model differs from the masked one by %.3g (relative %.3g)",
                     result["max_abs_diff"], result["max_rel_diff"])
     if recipe["collapsed"]:
         log.warning("layer collapse: no units left in %s", ", ".join(recipe["collapsed"]))
-    log.info("compact: %d -> %d params, latency x%.2f at batch 1, x%.2f at batch 64",
-             result["dense_params"], result["params"],
-             result["latency"]["batch_1"]["speedup"], result["latency"]["batch_64"]["speedup"])
+    speed = {b: s["speedup"] for b, s in result.get("latency", {}).items()}
+    log.info("compact: %d -> %d params, %s", result["dense_params"], result["params"],
+             f"latency x{speed['batch_1']:.2f} at batch 1, x{speed['batch_64']:.2f} at batch 64"
+             if speed else "not timed (inference.measure=false)")
     return result
