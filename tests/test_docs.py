@@ -73,16 +73,18 @@ def test_documented_commands_still_work(where, commands, overrides, tmp_path):
     the marker's tiny budgets where they do not set those keys. A block marked `error` shows
     a mistake: each command must still end with one `prunebench: error:` line."""
     shows_error = overrides == ["error"]
-    started = 0.0
+    ended = 0.0  # when the last run ended
     for command in commands:
         script, *args = shlex.split(command, comments=True)
         is_run = script == "prunebench" and not any(
             a.startswith(("--help", "--cfg", "-h")) for a in args)
         args = with_defaults(args, overrides) if is_run and not shows_error else args
-        if is_run and int(time.time()) == int(started):  # Hydra's outputs/<date>/<H-M-S>:
-            time.sleep(1 - time.time() % 1)  # a reader's next run starts in another second
-        started = time.time() if is_run else started
+        # Hydra names a run's folder outputs/<date>/<H-M-S>, a second between its start and
+        # end: the next run starts after the second the last one ended in, as a reader's does
+        if is_run and int(time.time()) == int(ended):
+            time.sleep(1 - time.time() % 1)
         proc = run_cli(args, cwd=tmp_path, script=script, check=not shows_error)
+        ended = time.time() if is_run else ended
         if shows_error:
             assert proc.returncode != 0, f"{where}: {command} did not fail"
             assert proc.stderr.strip().splitlines()[-1].startswith("prunebench: error:"), \
