@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from prunebench.console import steps
 from prunebench.runstate import files
 from prunebench.strategies.autodiff import forward_hooks
-from prunebench.strategies.calibration import Accumulate, collect, module_of, split_to_fit
+from prunebench.strategies.calibration import Accumulate, collect, forward_order, split_to_fit
 
 log = logging.getLogger(__name__)
 MASK = "mask:"  # prefix of a mask's key beside the weights in a block's checkpoint
@@ -298,16 +298,8 @@ def block_groups(run: _BlockPass, names: list[str], cost, budget) -> list[list[s
     """The block's layers in the order they run, cut to fit the criterion's budget."""
     if not names:
         return []
-    order = forward_order_of_block(run, names)
+    order = forward_order(run, names, 0)  # the block pass stands in for the model
     return split_to_fit([order], cost, budget) if cost and budget else [order]
-
-
-def forward_order_of_block(run: _BlockPass, names: list[str]) -> list[str]:
-    seen: list[str] = []
-    with forward_hooks((module_of(run.model, n), lambda *_, n=n: seen.append(n)
-                        if n not in seen else None) for n in names):
-        run(0)
-    return seen + [n for n in names if n not in seen]
 
 
 def open_checkpoint(folder: Path, work: Path, device: torch.device,

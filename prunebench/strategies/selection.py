@@ -49,9 +49,6 @@ class Report:
     blocks: dict[str, str] | None = None  # allocation=owl: the block of each layer
     block_densities: dict[str, float] | None = None  # allocation=owl: per block
 
-    def densities(self) -> dict[str, float]:
-        return {n: float(m.float().mean()) for n, m in self.masks.items()}
-
 
 class Selection:
     """Turns a criterion's scores into masks: `prune(...)` returns a `Report`."""
@@ -169,21 +166,29 @@ class Selection:
         elif amount is None:
             keep = {n: s >= self.threshold for n, s in scores.items()}
         elif self.allocation == "owl":
-            keep = {n: self.target(n, amount, owl, scores).keep(s, masks[n])
+            amounts = self.layer_amounts(amount, owl, scores)
+            keep = {n: self.target(n, amount, amounts).keep(s, masks[n])
                     for n, s in scores.items()}
         else:
             keep = allocations.select(scores, amount, self.allocation)
         return {n: keep[n].to(masks[n].dtype) * masks[n] for n in masks}
 
-    def target(self, name: str, amount: float | None, owl: tuple[dict, dict] | None,
-               weights: dict[str, Tensor]) -> LayerTarget:
-        """What layer `name` is pruned to on its own: `amount` (under owl its block's share,
-        `weights` giving the layers' sizes), per row or per layer, N:M."""
-        if owl is not None and amount is not None:
-            sizes = {n: w.numel() for n, w in weights.items()}
-            density = allocations.block_densities(*owl, sizes, amount, self.owl_lambda)
-            amount = allocations.owl_amounts(density, owl[1], sizes, amount, self.rows)[name]
-        return LayerTarget(amount, self.threshold, self.rows, self.pattern)
+    def layer_amounts(self, amount: float | None, owl: tuple[dict, dict] | None,
+                      weights: dict[str, Tensor]) -> dict[str, float] | None:
+        """Under allocation=owl, each layer's share of `amount` (its block's density,
+        `weights` giving the layers' sizes); None otherwise."""
+        if owl is None or amount is None:
+            return None
+        sizes = {n: w.numel() for n, w in weights.items()}
+        density = allocations.block_densities(*owl, sizes, amount, self.owl_lambda)
+        return allocations.owl_amounts(density, owl[1], sizes, amount, self.rows)
+
+    def target(self, name: str, amount: float | None,
+               amounts: dict[str, float] | None = None) -> LayerTarget:
+        """What layer `name` is pruned to on its own: `amount`, or its share in `amounts`
+        (layer_amounts), per row or per layer, N:M."""
+        return LayerTarget(amount if amounts is None else amounts[name], self.threshold,
+                           self.rows, self.pattern)
 
     def prune_layerwise(self, model: nn.Module, weights: dict[str, Tensor],
                         masks: dict[str, Tensor], ctx: PruneContext, batches: list,
@@ -195,6 +200,7 @@ class Selection:
         criterion = self.criterion
         cost, budget = criterion.group_budget(weights, batches[0][0]) or (None, None)
         new = {n: m.clone() for n, m in masks.items()}
+        amounts = self.layer_amounts(amount, owl, weights)
         stats: dict = {}
 
         def start(group: list[str]):
@@ -203,7 +209,7 @@ class Selection:
 
         def prune_group(group: list[str]) -> None:
             for n in group:
-                target = self.target(n, amount, owl, weights)
+                target = self.target(n, amount, amounts)
                 # model.offload: the layer is on the device, its masks stay beside the blocks
                 mask = masks[n].to(weights[n].device)
                 w, keep = criterion.solve_layer(n, weights[n], stats.pop(n), mask, target)
